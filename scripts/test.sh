@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The test suite (what .ci/run calls): services, formatting, lints, build, tests.
+#
+# Works unattended (CI=true, no stdin). Environment knobs:
+#   NEXTEST_TEST_THREADS  parallel integration tests (default 4: they mostly wait on I/O)
+#   STUDENTSYNC_SKIP_SERVICES=1  do not check/start the local Postgres/RabbitMQ/Redis
+#   DATABASE_URL, AMQP_URL, REDIS_URL  where the tests find the services (defaults: 127.0.0.1)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/services.sh
+source scripts/lib/services.sh
+
+step() {
+    printf '\n==> %s\n' "$*"
+}
+
+if [[ "${STUDENTSYNC_SKIP_SERVICES:-0}" != "1" ]]; then
+    step "services"
+    ensure_services
+fi
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-$([[ -t 1 ]] && echo auto || echo never)}"
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo build --workspace --bins"
+cargo build --workspace --bins
+
+# The multi-process tests spawn this binary.
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+export STUDENTSYNC_WORKER_BIN="${STUDENTSYNC_WORKER_BIN:-$target_dir/debug/studentsync-worker}"
+if [[ ! -x "$STUDENTSYNC_WORKER_BIN" ]]; then
+    echo "worker binary not found at $STUDENTSYNC_WORKER_BIN" >&2
+    exit 1
+fi
+
+if cargo nextest --version >/dev/null 2>&1; then
+    export NEXTEST_TEST_THREADS="${NEXTEST_TEST_THREADS:-4}"
+    step "cargo nextest run --workspace (test threads: $NEXTEST_TEST_THREADS)"
+    cargo nextest run --workspace --no-fail-fast --failure-output final
+    # nextest does not run doctests.
+    step "cargo test --workspace --doc"
+    cargo test --workspace --doc
+else
+    step "cargo test --workspace (cargo-nextest not installed)"
+    cargo test --workspace --no-fail-fast -- --test-threads="${NEXTEST_TEST_THREADS:-4}"
+fi
+
+step "all checks passed"

@@ -1,0 +1,251 @@
+//! The upsert engine: applies one batch message to Postgres in ONE transaction —
+//! lock the job row, load and lock the matching students, classify every item,
+//! insert and update with set-based statements, write the credential-email outbox
+//! rows and the job's results, commit. A batch whose job is already finished is
+//! left alone, which makes redelivery harmless.
+
+pub mod classify;
+pub mod sql;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::domain::{StudentRow, UpsertCommand};
+use crate::job::{BatchItem, BatchMessage, CredentialsEmail, ItemResult, ItemStatus, JobView};
+use crate::store::jobs;
+use classify::{NewStudent, Plan, classify};
+
+/// What became of a batch message.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Applied now; the finished job body.
+    Completed(Box<JobView>),
+    /// The job was already completed or failed (a redelivery): nothing done.
+    AlreadyFinished,
+    /// No such job row (its publish was reported as failed to the client).
+    UnknownJob,
+}
+
+/// Transaction attempts when Postgres reports a deadlock or serialization failure.
+const CONFLICT_ATTEMPTS: u32 = 5;
+
+/// Applies a batch, retrying transaction conflicts. Any other error is returned:
+/// the transaction was rolled back and nothing of the batch is stored.
+#[tracing::instrument(skip_all, fields(job_id = %message.job_id, items = message.items.len()))]
+pub async fn apply_batch(pool: &PgPool, message: &BatchMessage) -> Result<Outcome, sqlx::Error> {
+    jobs::mark_processing(pool, message.job_id).await?;
+    let mut attempt = 1;
+    loop {
+        match apply_once(pool, message).await {
+            Err(error) if is_conflict(&error) && attempt < CONFLICT_ATTEMPTS => {
+                tracing::debug!(%error, attempt, "transaction conflict; retrying");
+                tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// Deadlock (40P01) or serialization failure (40001).
+fn is_conflict(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|db| db.code())
+        .is_some_and(|code| code == "40P01" || code == "40001")
+}
+
+async fn apply_once(pool: &PgPool, message: &BatchMessage) -> Result<Outcome, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    match jobs::lock_status(&mut tx, message.job_id).await? {
+        None => return Ok(Outcome::UnknownJob),
+        Some(status) if status.is_terminal() => return Ok(Outcome::AlreadyFinished),
+        Some(_) => {}
+    }
+    let results = apply_items(&mut tx, message).await?;
+    let view = jobs::complete(&mut tx, message.job_id, results).await?;
+    tx.commit().await?;
+    Ok(Outcome::Completed(Box::new(view)))
+}
+
+/// The per-item work of one batch, inside the caller's transaction. Returns one
+/// result per input item, in input order.
+async fn apply_items(
+    conn: &mut PgConnection,
+    message: &BatchMessage,
+) -> Result<Vec<ItemResult>, sqlx::Error> {
+    let options = message.options;
+    let write = !options.dry_run;
+    let mut results: Vec<Option<ItemResult>> = vec![None; message.items.len()];
+    let mut pending: Vec<(usize, &UpsertCommand)> = Vec::with_capacity(message.items.len());
+    for (index, item) in message.items.iter().enumerate() {
+        match item {
+            BatchItem::Upsert(command) => pending.push((index, command)),
+            BatchItem::Rejected {
+                external_reference_id,
+                errors,
+            } => {
+                results[index] = Some(ItemResult::failed(
+                    index,
+                    external_reference_id.clone(),
+                    errors.clone(),
+                ))
+            }
+        }
+    }
+
+    let keys: Vec<&str> = pending
+        .iter()
+        .map(|(_, command)| command.external_reference_id.as_str())
+        .collect();
+    let mut stored: HashMap<String, StudentRow> =
+        sql::load_matches(conn, message.school_id, &keys, write)
+            .await?
+            .into_iter()
+            .map(|row| (row.external_reference_id.clone(), row))
+            .collect();
+
+    let mut updates: Vec<StudentRow> = Vec::new();
+    let mut recipients: Vec<(Uuid, String)> = Vec::new();
+    // A create can lose a race against a concurrent batch creating the same key; the
+    // losers are re-classified against the winner's row. Each round only handles the
+    // losers of the previous one, so two rounds suffice in practice.
+    for _round in 0..4 {
+        if pending.is_empty() {
+            break;
+        }
+        let mut creates: Vec<(usize, &UpsertCommand, Uuid, NewStudent)> = Vec::new();
+        for &(index, command) in &pending {
+            let existing = stored.get(&command.external_reference_id);
+            let result = match classify(index, command, existing, options.allow_unarchive) {
+                Plan::Create(student) => {
+                    creates.push((index, command, Uuid::new_v4(), student));
+                    continue;
+                }
+                Plan::Update {
+                    row,
+                    changed,
+                    unarchived,
+                } => {
+                    let result = ItemResult {
+                        changed_fields: Some(
+                            changed.iter().map(|f| f.name().to_string()).collect(),
+                        ),
+                        unarchived: unarchived.then_some(true),
+                        ..success(index, command, ItemStatus::Updated, Some(row.id))
+                    };
+                    updates.push(*row);
+                    result
+                }
+                Plan::Unchanged { row } => {
+                    success(index, command, ItemStatus::Unchanged, Some(row.id))
+                }
+                Plan::Fail(errors) => {
+                    ItemResult::failed(index, Some(command.external_reference_id.clone()), errors)
+                }
+            };
+            results[index] = Some(result);
+        }
+
+        let created: HashMap<String, Uuid> = if write {
+            let rows: Vec<(Uuid, &NewStudent)> = creates
+                .iter()
+                .map(|(_, _, id, student)| (*id, student))
+                .collect();
+            let password_change = options.on_student_created.new_password_needed;
+            sql::insert_students(conn, message.school_id, &rows, password_change)
+                .await?
+                .into_iter()
+                .collect()
+        } else {
+            creates
+                .iter()
+                .map(|(_, _, id, s)| (s.external_reference_id.clone(), *id))
+                .collect()
+        };
+
+        let mut lost: Vec<(usize, &UpsertCommand)> = Vec::new();
+        for &(index, command, _, ref student) in &creates {
+            let Some(student_id) = created.get(&student.external_reference_id) else {
+                lost.push((index, command));
+                continue;
+            };
+            let mut result = success(
+                index,
+                command,
+                ItemStatus::Created,
+                write.then_some(*student_id),
+            );
+            if options.on_student_created.send_credentials {
+                result.credentials_email = Some(match &student.email {
+                    Some(email) => {
+                        recipients.push((*student_id, email.clone()));
+                        CredentialsEmail::Queued
+                    }
+                    None => CredentialsEmail::SkippedNoEmail,
+                });
+            }
+            results[index] = Some(result);
+        }
+        if !lost.is_empty() {
+            let lost_keys: Vec<&str> = lost
+                .iter()
+                .map(|(_, command)| command.external_reference_id.as_str())
+                .collect();
+            for row in sql::load_matches(conn, message.school_id, &lost_keys, true).await? {
+                stored.insert(row.external_reference_id.clone(), row);
+            }
+        }
+        pending = lost;
+    }
+
+    if write {
+        let rows: Vec<&StudentRow> = updates.iter().collect();
+        sql::update_students(conn, &rows).await?;
+        let recipients: Vec<(Uuid, &str)> = recipients
+            .iter()
+            .map(|(id, email)| (*id, email.as_str()))
+            .collect();
+        let new_password_needed = options.on_student_created.new_password_needed;
+        sql::insert_credential_emails(
+            conn,
+            message.school_id,
+            message.job_id,
+            &recipients,
+            new_password_needed,
+        )
+        .await?;
+    }
+
+    Ok(results
+        .into_iter()
+        .enumerate()
+        .map(|(index, result)| {
+            result.unwrap_or_else(|| {
+                // Only reachable if a key kept losing races for every round.
+                ItemResult::failed(index, None, Vec::new())
+            })
+        })
+        .collect())
+}
+
+fn success(
+    index: usize,
+    command: &UpsertCommand,
+    status: ItemStatus,
+    student_id: Option<Uuid>,
+) -> ItemResult {
+    ItemResult {
+        input_index: index,
+        external_reference_id: Some(command.external_reference_id.clone()),
+        status,
+        student_id,
+        changed_fields: None,
+        unarchived: None,
+        credentials_email: None,
+        errors: None,
+    }
+}

@@ -1,0 +1,215 @@
+//! Jobs: the batch options, the message that carries one batch from the API to a
+//! worker (the wire contract between them), per-item results, and the job body that
+//! `POST /v3/students/batch-upsert` and `GET /v3/jobs/{jobId}` answer with.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::domain::{ItemError, UpsertCommand};
+
+/// How long job results stay readable after completion.
+pub const RESULT_RETENTION_DAYS: i64 = 7;
+
+/// `options` of a batch request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BatchOptions {
+    /// Unarchive (and update) matched students that are archived. Default false:
+    /// they fail with `archived`.
+    #[serde(default)]
+    pub allow_unarchive: bool,
+    #[serde(default)]
+    pub on_student_created: OnStudentCreated,
+    /// Predict the outcome against the current data; write nothing, send nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// `options.onStudentCreated`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OnStudentCreated {
+    /// Email each created student that has an email address its credentials.
+    #[serde(default)]
+    pub send_credentials: bool,
+    /// Created students must choose a new password at first login.
+    #[serde(default)]
+    pub new_password_needed: bool,
+}
+
+/// One input item as it travels to the worker: either a valid command, or the
+/// errors validation already found (so the worker can merge every result in order).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum BatchItem {
+    Upsert(UpsertCommand),
+    #[serde(rename_all = "camelCase")]
+    Rejected {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        external_reference_id: Option<String>,
+        errors: Vec<ItemError>,
+    },
+}
+
+/// The message published for one accepted batch. `items[i]` is input item `i`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchMessage {
+    pub job_id: Uuid,
+    pub school_id: Uuid,
+    pub options: BatchOptions,
+    pub items: Vec<BatchItem>,
+}
+
+/// Outcome of one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemStatus {
+    Created,
+    Updated,
+    Unchanged,
+    Failed,
+}
+
+/// State of the credentials email of a created student.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialsEmail {
+    Queued,
+    SkippedNoEmail,
+}
+
+/// One entry of `results`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemResult {
+    pub input_index: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_reference_id: Option<String>,
+    pub status: ItemStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub student_id: Option<Uuid>,
+    /// Data fields whose value changed (`updated` only; may be empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_fields: Option<Vec<String>>,
+    /// Present (true) when the student was unarchived by this item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unarchived: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_email: Option<CredentialsEmail>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<ItemError>>,
+}
+
+impl ItemResult {
+    pub fn failed(
+        input_index: usize,
+        external_reference_id: Option<String>,
+        errors: Vec<ItemError>,
+    ) -> Self {
+        Self {
+            input_index,
+            external_reference_id,
+            status: ItemStatus::Failed,
+            student_id: None,
+            changed_fields: None,
+            unarchived: None,
+            credentials_email: None,
+            errors: Some(errors),
+        }
+    }
+}
+
+/// Counts per status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobSummary {
+    pub total: usize,
+    pub created: usize,
+    pub updated: usize,
+    pub unchanged: usize,
+    pub failed: usize,
+}
+
+impl JobSummary {
+    pub fn of(results: &[ItemResult]) -> Self {
+        let mut summary = JobSummary {
+            total: results.len(),
+            ..JobSummary::default()
+        };
+        for result in results {
+            match result.status {
+                ItemStatus::Created => summary.created += 1,
+                ItemStatus::Updated => summary.updated += 1,
+                ItemStatus::Unchanged => summary.unchanged += 1,
+                ItemStatus::Failed => summary.failed += 1,
+            }
+        }
+        summary
+    }
+}
+
+/// Lifecycle of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Processing,
+    Completed,
+    Failed,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Processing => "processing",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        [
+            JobStatus::Queued,
+            JobStatus::Processing,
+            JobStatus::Completed,
+            JobStatus::Failed,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == value)
+    }
+
+    /// Completed or failed: nothing will change any more.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobStatus::Completed | JobStatus::Failed)
+    }
+}
+
+/// The job body: `GET /v3/jobs/{jobId}` and the 200/207 of a batch upsert.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView {
+    pub job_id: Uuid,
+    pub status: JobStatus,
+    pub dry_run: bool,
+    pub created_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<JobSummary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<Vec<ItemResult>>,
+    /// A problem object (RFC 9457) when `status` is `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<serde_json::Value>,
+}
+
+impl JobView {
+    /// Whether every item succeeded (HTTP 200) or some failed (207).
+    pub fn all_succeeded(&self) -> bool {
+        self.summary.is_some_and(|summary| summary.failed == 0)
+    }
+}

@@ -1,0 +1,160 @@
+//! Redis, the fast path for job results: after a worker commits a job it caches
+//! the job body under `{ns}:job:{id}` and publishes the id on `{ns}:jobs:completed`.
+//! Waiting API requests listen to that channel. Redis may lose everything at any
+//! time: Postgres stays the record and every reader falls back to it.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::job::JobView;
+
+/// How long a completed job body stays cached.
+const CACHE_TTL: Duration = Duration::from_secs(3600);
+
+/// Redis key and channel names of one namespace.
+#[derive(Debug, Clone)]
+pub struct ResultKeys {
+    namespace: String,
+}
+
+impl ResultKeys {
+    pub fn new(namespace: &str) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+        }
+    }
+
+    /// The cached body of one job; the school is part of the key so that a
+    /// cache hit can never cross tenants.
+    pub fn job(&self, school_id: Uuid, job_id: Uuid) -> String {
+        format!("{}:job:{school_id}:{job_id}", self.namespace)
+    }
+
+    pub fn completed_channel(&self) -> String {
+        format!("{}:jobs:completed", self.namespace)
+    }
+}
+
+/// Opens a self-reconnecting Redis connection whose commands fail fast (bounded
+/// response and connect timeouts) instead of hanging while Redis is down.
+pub async fn connect(url: &str) -> redis::RedisResult<ConnectionManager> {
+    let client = redis::Client::open(url)?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2));
+    client.get_connection_manager_with_config(config).await
+}
+
+/// Caches and announces completed jobs; reads the cache.
+#[derive(Clone)]
+pub struct ResultsStore {
+    redis: ConnectionManager,
+    keys: ResultKeys,
+}
+
+impl ResultsStore {
+    pub fn new(redis: ConnectionManager, namespace: &str) -> Self {
+        Self {
+            redis,
+            keys: ResultKeys::new(namespace),
+        }
+    }
+
+    pub fn keys(&self) -> &ResultKeys {
+        &self.keys
+    }
+
+    /// Caches a finished job and notifies waiters. Errors are the caller's to log:
+    /// a lost notification only delays a waiter until its next poll.
+    pub async fn publish_completed(
+        &self,
+        school_id: Uuid,
+        job: &JobView,
+    ) -> redis::RedisResult<()> {
+        let body = serde_json::to_string(job).map_err(|error| {
+            redis::RedisError::from((redis::ErrorKind::Client, "serialize job", error.to_string()))
+        })?;
+        let mut redis = self.redis.clone();
+        let _: () = redis::pipe()
+            .set_ex(
+                self.keys.job(school_id, job.job_id),
+                body,
+                CACHE_TTL.as_secs(),
+            )
+            .ignore()
+            .publish(self.keys.completed_channel(), job.job_id.to_string())
+            .ignore()
+            .query_async(&mut redis)
+            .await?;
+        Ok(())
+    }
+
+    /// The cached body of a finished job, if Redis has it.
+    pub async fn cached(
+        &self,
+        school_id: Uuid,
+        job_id: Uuid,
+    ) -> redis::RedisResult<Option<JobView>> {
+        let mut redis = self.redis.clone();
+        let body: Option<String> = redis.get(self.keys.job(school_id, job_id)).await?;
+        Ok(body.and_then(|body| serde_json::from_str(&body).ok()))
+    }
+
+    /// A clone of the underlying connection (for other Redis users such as the
+    /// rate limiter).
+    pub fn connection(&self) -> ConnectionManager {
+        self.redis.clone()
+    }
+}
+
+/// Listens for completed-job notifications and fans them out in-process. The
+/// listener reconnects by itself; while Redis is down nothing is broadcast and
+/// waiters rely on their periodic poll of Postgres.
+pub fn spawn_completion_listener(redis_url: String, keys: ResultKeys) -> broadcast::Sender<Uuid> {
+    let (sender, _) = broadcast::channel(1024);
+    let announce = sender.clone();
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match listen(&redis_url, &keys, &announce).await {
+                Ok(()) => backoff = Duration::from_millis(200),
+                Err(error) => {
+                    tracing::warn!(%error, "completion listener lost Redis; retrying");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    });
+    sender
+}
+
+async fn listen(
+    redis_url: &str,
+    keys: &ResultKeys,
+    announce: &broadcast::Sender<Uuid>,
+) -> redis::RedisResult<()> {
+    let client = redis::Client::open(redis_url)?;
+    let mut pubsub = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub())
+        .await
+        .map_err(|_| {
+            redis::RedisError::from((redis::ErrorKind::Io, "connect to Redis timed out"))
+        })??;
+    pubsub.subscribe(keys.completed_channel()).await?;
+    let mut messages = pubsub.into_on_message();
+    while let Some(message) = messages.next().await {
+        if let Ok(payload) = message.get_payload::<String>() {
+            if let Ok(job_id) = payload.parse() {
+                let _ = announce.send(job_id);
+            }
+        }
+    }
+    Ok(())
+}

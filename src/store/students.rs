@@ -1,0 +1,90 @@
+//! Student reads and the archive/unarchive switches, always scoped to one school.
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::domain::StudentRow;
+use crate::student_columns;
+
+/// One student of a school.
+pub async fn get(
+    pool: &PgPool,
+    school_id: Uuid,
+    student_id: Uuid,
+) -> Result<Option<StudentRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        student_columns!(),
+        " FROM students WHERE school_id = $1 AND id = $2"
+    ))
+    .bind(school_id)
+    .bind(student_id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The student with this `externalReferenceId`, if any.
+pub async fn find_by_external_reference(
+    pool: &PgPool,
+    school_id: Uuid,
+    external_reference_id: &str,
+    archived: Option<bool>,
+) -> Result<Option<StudentRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        student_columns!(),
+        " FROM students WHERE school_id = $1 AND external_reference_id = $2
+          AND ($3::boolean IS NULL OR archived = $3)"
+    ))
+    .bind(school_id)
+    .bind(external_reference_id)
+    .bind(archived)
+    .fetch_optional(pool)
+    .await
+}
+
+/// A page of students in id order, after `after` (exclusive).
+pub async fn list(
+    pool: &PgPool,
+    school_id: Uuid,
+    archived: Option<bool>,
+    limit: u32,
+    after: Option<Uuid>,
+) -> Result<Vec<StudentRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        student_columns!(),
+        " FROM students WHERE school_id = $1
+          AND ($2::boolean IS NULL OR archived = $2)
+          AND ($3::uuid IS NULL OR id > $3)
+          ORDER BY id LIMIT $4"
+    ))
+    .bind(school_id)
+    .bind(archived)
+    .bind(after)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await
+}
+
+/// Sets the archived flag; `updatedAt` moves only when the flag changes.
+/// `None` when the student does not exist in this school.
+pub async fn set_archived(
+    pool: &PgPool,
+    school_id: Uuid,
+    student_id: Uuid,
+    archived: bool,
+) -> Result<Option<StudentRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "UPDATE students SET archived = $3,
+             updated_at = CASE WHEN archived = $3 THEN updated_at ELSE now() END
+         WHERE school_id = $1 AND id = $2
+         RETURNING ",
+        student_columns!()
+    ))
+    .bind(school_id)
+    .bind(student_id)
+    .bind(archived)
+    .fetch_optional(pool)
+    .await
+}

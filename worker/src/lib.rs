@@ -1,0 +1,93 @@
+//! Student Sync worker: consumes batch messages from RabbitMQ and applies them to
+//! Postgres through the core engine, then publishes results to Redis. Any number
+//! of worker processes may run on any host; they share the work through the queue.
+
+mod consumer;
+mod dead_letters;
+mod handler;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use studentsync::config::Config;
+use studentsync::queue::Topology;
+use studentsync::results::{self, ResultsStore};
+use tokio::sync::watch;
+
+/// Shared by every batch this process handles.
+pub(crate) struct Worker {
+    pub pool: sqlx::PgPool,
+    pub results: ResultsStore,
+    pub config: Config,
+    pub topology: Topology,
+}
+
+/// Runs a worker until `shutdown` resolves; then stops consuming, finishes the
+/// batches in hand (acking what committed) and returns.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    let pool = studentsync::db::connect(&config.database_url, config.database_max_connections)
+        .await?;
+    let redis = connect_redis(&config.redis_url, stop.clone()).await?;
+    let worker = Arc::new(Worker {
+        pool,
+        results: ResultsStore::new(redis, &config.namespace),
+        topology: Topology::from_config(&config),
+        config,
+    });
+    tracing::info!(
+        concurrency = worker.config.worker_concurrency,
+        prefetch = worker.config.worker_prefetch,
+        queue = %worker.topology.queue,
+        "worker started"
+    );
+    let maintenance = tokio::spawn(purge_expired_jobs(worker.clone(), stop.clone()));
+    consumer::supervise(worker.clone(), stop).await;
+    maintenance.abort();
+    worker.pool.close().await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Connects to Redis, retrying while it is down (a worker can start before it).
+async fn connect_redis(
+    url: &str,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<redis::aio::ConnectionManager> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match results::connect(url).await {
+            Ok(connection) => return Ok(connection),
+            Err(error) if !*stop.borrow() => {
+                tracing::warn!(%error, "Redis unavailable; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// Deletes jobs whose results expired, once an hour.
+async fn purge_expired_jobs(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
+    loop {
+        match studentsync::store::jobs::purge_expired(&worker.pool).await {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(count, "purged expired jobs"),
+            Err(error) => tracing::warn!(%error, "could not purge expired jobs"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! `studentsync-worker`: reads its configuration, then consumes batches until
+//! SIGINT or SIGTERM.
+
+use studentsync::config::Config;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    studentsync::telemetry::init();
+    let config = Config::from_env()?;
+    tracing::info!(?config, "starting studentsync-worker");
+    studentsync_worker::run(config, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutdown requested");
+}
