@@ -41,6 +41,8 @@ pub struct OnStudentCreated {
 
 /// One input item as it travels to the worker: either a valid command, or the
 /// errors validation already found (so the worker can merge every result in order).
+// Nearly every item is an `Upsert`: boxing it would cost an allocation per item.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum BatchItem {

@@ -36,7 +36,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate => println!("migrations applied"),
         Command::CreateSchool { name } => {
             let (school_id, key) = keys::create_school(&pool, &name).await?;
-            println!("schoolId: {school_id}\napiKeyId: {}\napiKey: {}", key.id, key.plaintext);
+            println!(
+                "schoolId: {school_id}\napiKeyId: {}\napiKey: {}",
+                key.id, key.plaintext
+            );
         }
         Command::CreateKey { school_id } => match keys::create_key(&pool, school_id).await? {
             Some(key) => println!("apiKeyId: {}\napiKey: {}", key.id, key.plaintext),

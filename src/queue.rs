@@ -202,10 +202,11 @@ impl Publisher {
     /// Returns a connected confirm channel, opening one if needed.
     async fn channel(&self) -> Result<Channel, PublishError> {
         let mut guard = self.channel.lock().await;
-        if let Some((connection, channel)) = guard.as_ref() {
-            if connection.status().connected() && channel.status().connected() {
-                return Ok(channel.clone());
-            }
+        if let Some((connection, channel)) = guard.as_ref()
+            && connection.status().connected()
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
         }
         *guard = None;
         let connection = connect(&self.url, "studentsync-api").await?;

@@ -150,10 +150,10 @@ async fn listen(
     pubsub.subscribe(keys.completed_channel()).await?;
     let mut messages = pubsub.into_on_message();
     while let Some(message) = messages.next().await {
-        if let Ok(payload) = message.get_payload::<String>() {
-            if let Ok(job_id) = payload.parse() {
-                let _ = announce.send(job_id);
-            }
+        if let Ok(payload) = message.get_payload::<String>()
+            && let Ok(job_id) = payload.parse()
+        {
+            let _ = announce.send(job_id);
         }
     }
     Ok(())

@@ -66,7 +66,7 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 fn tokens_match(presented: &str, expected: &str) -> bool {
     let presented = Sha256::digest(presented.as_bytes());
     let expected = Sha256::digest(expected.as_bytes());
-    presented.as_slice().ct_eq(expected.as_slice()).into()
+    presented[..].ct_eq(&expected[..]).into()
 }
 
 #[cfg(test)]

@@ -128,8 +128,12 @@ pub struct Problem {
 }
 
 /// An error answer. Build one with [`ApiError::new`] and the `with_*` helpers.
+/// (Boxed: it travels in every handler's `Result`.)
 #[derive(Debug)]
-pub struct ApiError {
+pub struct ApiError(Box<Inner>);
+
+#[derive(Debug)]
+struct Inner {
     problem: Problem,
     headers: HeaderMap,
     cause: Option<anyhow::Error>,
@@ -137,7 +141,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ProblemCode, detail: impl Into<String>) -> Self {
-        Self {
+        Self(Box::new(Inner {
             problem: Problem {
                 type_uri: format!("/problems/{}", code.as_str()),
                 title: code.title().to_string(),
@@ -150,7 +154,7 @@ impl ApiError {
             },
             headers: HeaderMap::new(),
             cause: None,
-        }
+        }))
     }
 
     /// A 500 whose cause is logged but not shown.
@@ -159,7 +163,7 @@ impl ApiError {
             ProblemCode::Internal,
             "an unexpected error occurred; it has been logged",
         );
-        error.cause = Some(cause.into());
+        error.0.cause = Some(cause.into());
         error
     }
 
@@ -183,22 +187,22 @@ impl ApiError {
     }
 
     pub fn with_errors(mut self, errors: Vec<ItemError>) -> Self {
-        self.problem.errors = errors;
+        self.0.problem.errors = errors;
         self
     }
 
     pub fn with_job_id(mut self, job_id: Uuid) -> Self {
-        self.problem.job_id = Some(job_id);
+        self.0.problem.job_id = Some(job_id);
         self
     }
 
     pub fn with_failing(mut self, failing: Vec<String>) -> Self {
-        self.problem.failing = Some(failing);
+        self.0.problem.failing = Some(failing);
         self
     }
 
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.insert(name, value);
+        self.0.headers.insert(name, value);
         self
     }
 
@@ -209,11 +213,11 @@ impl ApiError {
     }
 
     pub fn code(&self) -> ProblemCode {
-        self.problem.code
+        self.0.problem.code
     }
 
     pub fn problem(&self) -> &Problem {
-        &self.problem
+        &self.0.problem
     }
 }
 
@@ -230,7 +234,9 @@ impl From<sqlx::Error> for ApiError {
                 tracing::warn!(%error, "database unavailable");
                 ApiError::unavailable("the database is unavailable", DATABASE_RETRY_AFTER)
             }
-            sqlx::Error::Database(ref db) if db.code().is_some_and(|code| is_unavailable_state(&code)) => {
+            sqlx::Error::Database(ref db)
+                if db.code().is_some_and(|code| is_unavailable_state(&code)) =>
+            {
                 tracing::warn!(%error, "database unavailable");
                 ApiError::unavailable("the database is unavailable", DATABASE_RETRY_AFTER)
             }
@@ -247,10 +253,19 @@ fn is_unavailable_state(code: &str) -> bool {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let Some(cause) = &self.cause {
-            tracing::error!(code = self.problem.code.as_str(), error = format!("{cause:#}"), "request failed");
+        let Inner {
+            problem,
+            headers,
+            cause,
+        } = *self.0;
+        if let Some(cause) = cause {
+            tracing::error!(
+                code = problem.code.as_str(),
+                error = format!("{cause:#}"),
+                "request failed"
+            );
         }
-        problem_response(&self.problem, self.headers)
+        problem_response(&problem, headers)
     }
 }
 
@@ -259,10 +274,9 @@ fn problem_response(problem: &Problem, headers: HeaderMap) -> Response {
     let body = serde_json::to_vec(problem).unwrap_or_else(|_| b"{}".to_vec());
     let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = (status, body).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(PROBLEM_JSON),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     response.headers_mut().extend(headers);
     response
 }
@@ -329,7 +343,8 @@ mod tests {
 
     #[tokio::test]
     async fn internal_errors_hide_their_cause() {
-        let response = ApiError::internal(anyhow::anyhow!("secret connection string")).into_response();
+        let response =
+            ApiError::internal(anyhow::anyhow!("secret connection string")).into_response();
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let body = body_of(response).await;
         assert_eq!(body["code"], "internal");
@@ -344,15 +359,28 @@ mod tests {
             .into_response();
         assert_eq!(body_of(response).await["jobId"], id.to_string());
 
-        let response = ApiError::unavailable("queue down", Duration::from_millis(10)).into_response();
+        let response =
+            ApiError::unavailable("queue down", Duration::from_millis(10)).into_response();
         assert_eq!(response.headers()[header::RETRY_AFTER], "1");
         let response = ApiError::unauthorized("no key").into_response();
         assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
     }
 
+    #[tokio::test]
+    async fn panics_become_internal_problems() {
+        let response = panic_response(Box::new("boom"));
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = body_of(response).await;
+        assert_eq!(body["code"], "internal");
+        assert!(!body.to_string().contains("boom"));
+    }
+
     #[test]
     fn every_code_serialises_as_its_string() {
-        for code in [ProblemCode::IdempotencyKeyReused, ProblemCode::UnsupportedMediaType] {
+        for code in [
+            ProblemCode::IdempotencyKeyReused,
+            ProblemCode::UnsupportedMediaType,
+        ] {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         }
     }

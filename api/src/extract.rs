@@ -88,7 +88,12 @@ fn is_length_limit(error: &axum::Error) -> bool {
 
 /// `application/json` or any `application/<something>+json`, with parameters.
 pub fn is_json_media_type(value: &str) -> bool {
-    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let Some(subtype) = essence.strip_prefix("application/") else {
         return false;
     };
@@ -124,7 +129,10 @@ impl QueryParams {
     pub fn parse(query: &str) -> Result<Self, ApiError> {
         let mut params = HashMap::new();
         for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
-            if params.insert(name.to_string(), value.into_owned()).is_some() {
+            if params
+                .insert(name.to_string(), value.into_owned())
+                .is_some()
+            {
                 return Err(ApiError::invalid_request(format!(
                     "query parameter `{name}` is given more than once"
                 )));
@@ -146,9 +154,7 @@ impl QueryParams {
                 .ok()
                 .filter(|limit| (1..=max).contains(limit))
                 .ok_or_else(|| {
-                    ApiError::invalid_request(format!(
-                        "`limit` must be an integer from 1 to {max}"
-                    ))
+                    ApiError::invalid_request(format!("`limit` must be an integer from 1 to {max}"))
                 }),
         }
     }
@@ -209,7 +215,14 @@ mod tests {
         ] {
             assert!(is_json_media_type(accepted), "{accepted}");
         }
-        for refused in ["text/plain", "application/xml", "text/json", "application/+json", "json", ""] {
+        for refused in [
+            "text/plain",
+            "application/xml",
+            "text/json",
+            "application/+json",
+            "json",
+            "",
+        ] {
             assert!(!is_json_media_type(refused), "{refused}");
         }
     }
@@ -230,11 +243,23 @@ mod tests {
 
     #[tokio::test]
     async fn body_checks_in_order() {
-        assert_eq!(extract(post("application/json", "{\"a\":1}")).await, Ok(serde_json::json!({"a": 1})));
-        assert_eq!(extract(post("text/plain", "{}")).await, Err(StatusCode::UNSUPPORTED_MEDIA_TYPE));
-        assert_eq!(extract(post("application/json", "{\"a\":1,\"a\":2}")).await, Err(StatusCode::BAD_REQUEST));
+        assert_eq!(
+            extract(post("application/json", "{\"a\":1}")).await,
+            Ok(serde_json::json!({"a": 1}))
+        );
+        assert_eq!(
+            extract(post("text/plain", "{}")).await,
+            Err(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+        );
+        assert_eq!(
+            extract(post("application/json", "{\"a\":1,\"a\":2}")).await,
+            Err(StatusCode::BAD_REQUEST)
+        );
         let huge = vec![b' '; MAX_BODY_BYTES + 1];
-        assert_eq!(extract(post("application/json", huge)).await, Err(StatusCode::PAYLOAD_TOO_LARGE));
+        assert_eq!(
+            extract(post("application/json", huge)).await,
+            Err(StatusCode::PAYLOAD_TOO_LARGE)
+        );
         // A streamed body without Content-Length is cut off at the limit too.
         let chunks = futures_util::stream::iter(
             (0..6).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1024 * 1024])),
@@ -257,9 +282,20 @@ mod tests {
         assert_eq!(params.get("x"), Some(" y"));
         assert!(QueryParams::parse("limit=1&limit=2").is_err());
         for bad in ["limit=0", "limit=501", "limit=ten", "limit=", "limit=-1"] {
-            assert!(QueryParams::parse(bad).unwrap().limit(100, 500).is_err(), "{bad}");
+            assert!(
+                QueryParams::parse(bad).unwrap().limit(100, 500).is_err(),
+                "{bad}"
+            );
         }
-        assert!(QueryParams::parse("archived=yes").unwrap().archived().is_err());
-        assert_eq!(QueryParams::parse("").unwrap().limit(100, 500).unwrap(), 100);
+        assert!(
+            QueryParams::parse("archived=yes")
+                .unwrap()
+                .archived()
+                .is_err()
+        );
+        assert_eq!(
+            QueryParams::parse("").unwrap().limit(100, 500).unwrap(),
+            100
+        );
     }
 }

@@ -235,7 +235,8 @@ mod tests {
         assert_eq!(decision.remaining, 0);
         assert_eq!(decision.retry_after_secs, 1);
         assert_eq!(decision.reset_secs, 3);
-        let decision = Decision::from_script(20 * SECOND, 1, false, 12 * SECOND + 5, 12 * SECOND + 5);
+        let decision =
+            Decision::from_script(20 * SECOND, 1, false, 12 * SECOND + 5, 12 * SECOND + 5);
         assert_eq!(decision.retry_after_secs, 13);
         let headers = rate_limit_headers(3, &decision);
         assert_eq!(headers[&RATELIMIT], "\"default\";r=0;t=13");

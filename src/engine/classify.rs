@@ -6,6 +6,8 @@ use crate::domain::error::field_pointer;
 use crate::domain::{ItemError, ItemErrorCode, Patch, StudentField, StudentRow, UpsertCommand};
 
 /// What applying one item to the stored data amounts to.
+// Plans are short-lived and nearly all are creates or updates: boxing would only add allocations.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Plan {
     Create(NewStudent),
@@ -177,11 +179,11 @@ fn merge_required(
     field: StudentField,
     changed: &mut Vec<StudentField>,
 ) {
-    if let Patch::Set(value) = patch {
-        if slot != value {
-            slot.clone_from(value);
-            changed.push(field);
-        }
+    if let Patch::Set(value) = patch
+        && slot != value
+    {
+        slot.clone_from(value);
+        changed.push(field);
     }
 }
 

@@ -35,14 +35,18 @@ pub async fn supervise(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
 
 /// One connection's life. Returns `Ok` only on a requested shutdown.
 async fn consume(worker: &Arc<Worker>, stop: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
-    let connection = studentsync::queue::connect(&worker.config.amqp_url, "studentsync-worker")
-        .await?;
+    let connection =
+        studentsync::queue::connect(&worker.config.amqp_url, "studentsync-worker").await?;
     let channel = connection.create_channel().await?;
     worker.topology.declare(&channel).await?;
     channel
         .basic_qos(worker.config.worker_prefetch, BasicQosOptions::default())
         .await?;
-    let tag = format!("worker-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+    let tag = format!(
+        "worker-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    );
     let mut batches = channel
         .basic_consume(
             worker.topology.queue.as_str().into(),

@@ -17,7 +17,11 @@ use crate::Worker;
 
 /// Starts consuming dead letters on `channel`; the task ends with the channel.
 pub async fn consume(worker: Arc<Worker>, channel: &Channel) -> lapin::Result<JoinHandle<()>> {
-    let tag = format!("dead-letters-{}-{}", std::process::id(), Uuid::new_v4().simple());
+    let tag = format!(
+        "dead-letters-{}-{}",
+        std::process::id(),
+        Uuid::new_v4().simple()
+    );
     let mut deliveries = channel
         .basic_consume(
             worker.topology.dead_letter_queue.as_str().into(),

@@ -23,9 +23,7 @@ pub async fn handle(worker: &Worker, delivery: Delivery, stop: watch::Receiver<b
         Ok(message) => message,
         Err(error) => {
             tracing::error!(%error, "undecodable batch message; dead-lettering it");
-            let _ = delivery
-                .reject(BasicRejectOptions { requeue: false })
-                .await;
+            let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
             return;
         }
     };
@@ -33,7 +31,8 @@ pub async fn handle(worker: &Worker, delivery: Delivery, stop: watch::Receiver<b
     match apply_with_retry(worker, &message, stop).await {
         Some(Ok(Outcome::Completed(view))) => {
             metrics::counter!("worker_batches_applied_total").increment(1);
-            metrics::counter!("worker_students_applied_total").increment(message.items.len() as u64);
+            metrics::counter!("worker_students_applied_total")
+                .increment(message.items.len() as u64);
             publish(worker, &message, &view).await;
             ack(&delivery, job_id).await;
         }
@@ -104,14 +103,22 @@ fn is_unavailable(error: &sqlx::Error) -> bool {
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with("08") || code == "57P01" || code == "57P02" || code == "57P03" || code == "53300"
+            code.starts_with("08")
+                || code == "57P01"
+                || code == "57P02"
+                || code == "57P03"
+                || code == "53300"
         }),
         _ => false,
     }
 }
 
 async fn publish(worker: &Worker, message: &BatchMessage, view: &studentsync::job::JobView) {
-    if let Err(error) = worker.results.publish_completed(message.school_id, view).await {
+    if let Err(error) = worker
+        .results
+        .publish_completed(message.school_id, view)
+        .await
+    {
         tracing::warn!(job_id = %message.job_id, %error, "could not publish the result to Redis; clients will read it from Postgres");
     }
 }

@@ -35,8 +35,8 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
 
-    let pool = studentsync::db::connect(&config.database_url, config.database_max_connections)
-        .await?;
+    let pool =
+        studentsync::db::connect(&config.database_url, config.database_max_connections).await?;
     let redis = connect_redis(&config.redis_url, stop.clone()).await?;
     let worker = Arc::new(Worker {
         pool,

@@ -1,0 +1,20 @@
+//! Integration tests: the contract of API.md, exercised over HTTP against real
+//! Postgres, RabbitMQ and Redis (plus direct SQL reads where the database is the
+//! point). One binary, one module per topic; every test spawns its own app with
+//! its own database and namespace (see `helpers`).
+
+mod helpers;
+
+mod async_jobs;
+mod auth;
+mod concurrency;
+mod credentials;
+mod dry_run;
+mod envelope;
+mod idempotency;
+mod ops;
+mod rate_limit;
+mod students;
+mod tenancy;
+mod upsert;
+mod validation;
