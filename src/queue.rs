@@ -287,6 +287,11 @@ impl Publisher {
         self.channel().await.is_ok()
     }
 
+    /// Closes the broker connection (graceful shutdown).
+    pub async fn close(&self) {
+        self.reset().await;
+    }
+
     async fn reset(&self) {
         if let Some((connection, _)) = self.channel.lock().await.take() {
             let _ = tokio::time::timeout(

@@ -40,16 +40,18 @@ impl ResultKeys {
     }
 }
 
-/// Opens a self-reconnecting Redis connection whose commands fail fast (bounded
-/// response and connect timeouts) instead of hanging while Redis is down.
-pub async fn connect(url: &str) -> redis::RedisResult<ConnectionManager> {
+/// A self-reconnecting Redis connection whose commands fail fast (bounded
+/// response and connect timeouts) instead of hanging while Redis is down. It
+/// connects lazily, so a process can start while Redis is down; only an invalid
+/// URL is an error here.
+pub fn connect(url: &str) -> redis::RedisResult<ConnectionManager> {
     let client = redis::Client::open(url)?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(2)))
         .set_number_of_retries(2)
         .set_max_delay(Duration::from_secs(2));
-    client.get_connection_manager_with_config(config).await
+    ConnectionManager::new_lazy_with_config(client, config)
 }
 
 /// Caches and announces completed jobs; reads the cache.

@@ -104,7 +104,7 @@ impl AppState {
     pub async fn connect(config: Config) -> anyhow::Result<Self> {
         let pool =
             studentsync::db::connect(&config.database_url, config.database_max_connections).await?;
-        let redis = results::connect(&config.redis_url).await?;
+        let redis = results::connect(&config.redis_url)?;
         let publisher = Publisher::new(config.amqp_url.clone(), Topology::from_config(&config));
         let completions = results::spawn_completion_listener(
             config.redis_url.clone(),
@@ -133,14 +133,17 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let state = AppState::connect(config).await?;
     let app = router(state.clone());
+    let draining = state.clone();
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down");
-        state.begin_shutdown();
+        draining.begin_shutdown();
     };
     axum::serve(listener, app)
         .with_graceful_shutdown(signal)
         .await?;
+    state.publisher.close().await;
+    state.pool.close().await;
     Ok(())
 }
 

@@ -69,7 +69,7 @@ async fn external_reference_id_rules() {
         with("x", "externalReferenceId", json!("a".repeat(64))), // 5 ok
         with("x", "externalReferenceId", json!("é".repeat(64))), // 6 ok: 64 characters, 128 bytes
         with("x", "externalReferenceId", json!("é".repeat(65))), // 7
-        with("x", "externalReferenceId", json!("bad\u{0}id")),   // 8
+        with("x", "externalReferenceId", json!("bad\u{1}id")),   // 8
         with("x", "externalReferenceId", json!("tab\tok")),      // 9 ok
     ]);
     let job = app.upsert_ok(&body).await;
@@ -104,6 +104,54 @@ async fn external_reference_id_rules() {
         "{job}"
     );
     assert_eq!(errors[0].1, "/students/0/externalReferenceId");
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_in_the_external_reference_id_fails_only_that_item() {
+    let app = spawn_app().await;
+    // Postgres text (and jsonb) cannot hold U+0000: validation must catch it, and
+    // echoing it back in the results must not break the batch.
+    let body = batch(vec![
+        with("x", "externalReferenceId", json!("nul\u{0}id")),
+        student("neighbour"),
+    ]);
+    let job = app.upsert_ok(&body).await;
+    let results = results_of(&job);
+    assert_item_errors(
+        &job,
+        0,
+        &[("invalid_characters", "/students/0/externalReferenceId")],
+    );
+    assert_eq!(results[0]["externalReferenceId"], "nul\u{0}id");
+    assert_eq!(results[1]["status"], "created");
+    assert_eq!(app.students_count().await, 1);
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_item_reports_format_errors_and_required_on_create_together() {
+    let app = spawn_app().await;
+    app.upsert_ok(&batch(vec![student("known")])).await;
+    let job = app
+        .upsert_ok(&batch(vec![
+            json!({"externalReferenceId": "unknown", "email": "x"}),
+            json!({"externalReferenceId": "known", "email": "x"}),
+        ]))
+        .await;
+    // "An item reports all of its errors": the missing names of a new student
+    // are errors of that item just like its bad email.
+    assert_item_errors(
+        &job,
+        0,
+        &[
+            ("invalid_format", "/students/0/email"),
+            ("required_on_create", "/students/0/firstName"),
+            ("required_on_create", "/students/0/lastName"),
+        ],
+    );
+    // A matched student does not need the names.
+    assert_item_errors(&job, 1, &[("invalid_format", "/students/1/email")]);
     app.cleanup().await;
 }
 

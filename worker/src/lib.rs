@@ -37,7 +37,7 @@ pub async fn run(
 
     let pool =
         studentsync::db::connect(&config.database_url, config.database_max_connections).await?;
-    let redis = connect_redis(&config.redis_url, stop.clone()).await?;
+    let redis = results::connect(&config.redis_url)?;
     let worker = Arc::new(Worker {
         pool,
         results: ResultsStore::new(redis, &config.namespace),
@@ -56,25 +56,6 @@ pub async fn run(
     worker.pool.close().await;
     tracing::info!("worker stopped");
     Ok(())
-}
-
-/// Connects to Redis, retrying while it is down (a worker can start before it).
-async fn connect_redis(
-    url: &str,
-    stop: watch::Receiver<bool>,
-) -> anyhow::Result<redis::aio::ConnectionManager> {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match results::connect(url).await {
-            Ok(connection) => return Ok(connection),
-            Err(error) if !*stop.borrow() => {
-                tracing::warn!(%error, "Redis unavailable; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(error) => return Err(error.into()),
-        }
-    }
 }
 
 /// Deletes jobs whose results expired, once an hour.

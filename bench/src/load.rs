@@ -1,0 +1,168 @@
+//! Load through the whole product path: HTTP → queue → workers → Postgres →
+//! Redis. Async throughput with N concurrent clients, synchronous latency of
+//! 1000-student batches, and the one-student-per-request path the batch replaces.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::future::try_join_all;
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::students;
+
+/// A client of the stack under test.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base_url: String,
+    api_key: String,
+}
+
+impl Client {
+    pub fn new(base_url: &str, api_key: &str) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .expect("HTTP client"),
+            base_url: base_url.to_string(),
+            api_key: api_key.to_string(),
+        }
+    }
+
+    /// POSTs a batch; returns the HTTP status and body.
+    async fn upsert(&self, body: &Value, prefer: &str) -> anyhow::Result<(u16, Value)> {
+        let response = self
+            .http
+            .post(format!("{}/v3/students/batch-upsert", self.base_url))
+            .bearer_auth(&self.api_key)
+            .header("Prefer", prefer)
+            .json(body)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await?))
+    }
+
+    async fn job(&self, job_id: &str) -> anyhow::Result<Value> {
+        Ok(self
+            .http
+            .get(format!("{}/v3/jobs/{job_id}", self.base_url))
+            .bearer_auth(&self.api_key)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+}
+
+/// Students per second, from the first request to the last job completed.
+pub async fn async_throughput(
+    client: &Client,
+    space: &str,
+    total: usize,
+    generation: u32,
+    clients: usize,
+) -> anyhow::Result<f64> {
+    let queue: VecDeque<std::ops::Range<usize>> = (0..total)
+        .step_by(1000)
+        .map(|start| start..(start + 1000).min(total))
+        .collect();
+    let queue = Arc::new(Mutex::new(queue));
+    let started = Instant::now();
+    let lanes = (0..clients).map(|_| {
+        let queue = queue.clone();
+        let client = client.clone();
+        let space = space.to_string();
+        async move {
+            let mut jobs = Vec::new();
+            loop {
+                let Some(range) = queue.lock().await.pop_front() else {
+                    break;
+                };
+                let body = students::batch(&space, range, generation);
+                let (status, answer) = client.upsert(&body, "respond-async").await?;
+                anyhow::ensure!(status == 202 || status == 200, "batch answered {status}: {answer}");
+                jobs.push(answer["jobId"].as_str().context("jobId")?.to_string());
+            }
+            for job in jobs {
+                wait_completed(&client, &job).await?;
+            }
+            anyhow::Ok(())
+        }
+    });
+    try_join_all(lanes).await?;
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn wait_completed(client: &Client, job_id: &str) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let job = client.job(job_id).await?;
+        match job["status"].as_str() {
+            Some("completed") => {
+                let failed = job["summary"]["failed"].as_u64().unwrap_or(0);
+                anyhow::ensure!(failed == 0, "job {job_id} had {failed} failed items");
+                return Ok(job);
+            }
+            Some("failed") => anyhow::bail!("job {job_id} failed: {}", job["error"]),
+            _ => {}
+        }
+        anyhow::ensure!(Instant::now() < deadline, "job {job_id} not done in 600 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Latencies of `batches` sequential synchronous 1000-student batches (new keys).
+pub async fn sync_latencies(
+    client: &Client,
+    space: &str,
+    batches: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut latencies = Vec::with_capacity(batches);
+    for batch in 0..batches {
+        let body = students::batch(space, batch * 1000..(batch + 1) * 1000, 0);
+        let started = Instant::now();
+        let (status, answer) = client.upsert(&body, "wait=60").await?;
+        latencies.push(started.elapsed());
+        anyhow::ensure!(status == 200, "sync batch answered {status}: {answer}");
+    }
+    Ok(latencies)
+}
+
+/// Time for `count` students sent one per request, synchronously, in sequence.
+pub async fn one_by_one(client: &Client, space: &str, count: usize) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    for index in 0..count {
+        let body = students::batch(space, index..index + 1, 0);
+        let (status, answer) = client.upsert(&body, "wait=60").await?;
+        anyhow::ensure!(status == 200, "single answered {status}: {answer}");
+    }
+    Ok(started.elapsed())
+}
+
+/// The `p`-th percentile (0–100) of sorted durations, nearest-rank.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let sorted: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&sorted, 50.0), Duration::from_millis(50));
+        assert_eq!(percentile(&sorted, 99.0), Duration::from_millis(99));
+        assert_eq!(percentile(&sorted[..1], 95.0), Duration::from_millis(1));
+    }
+}

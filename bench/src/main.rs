@@ -1,0 +1,79 @@
+//! `bench`: measures Student Sync end to end on this machine, in one run, and
+//! prints a table (and writes JSON) of ratios against the Postgres-alone ceiling.
+//!
+//! Build first: `cargo build --release --bins`, then `cargo run --release --bin
+//! bench -- --help`. It starts its own stack (fresh database and namespace, the
+//! release API and worker binaries) on the local Postgres, RabbitMQ and Redis.
+
+mod ceiling;
+mod load;
+mod report;
+mod rss;
+mod stack;
+mod students;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(about = "Student Sync benchmark")]
+pub struct Args {
+    /// Students per throughput pass (create, then update of every value).
+    #[arg(long, default_value_t = 20_000)]
+    students: usize,
+    /// Concurrent clients in the throughput passes.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Sequential synchronous 1000-student batches for the latency figures.
+    #[arg(long, default_value_t = 20)]
+    sync_batches: usize,
+    /// Students sent one per request.
+    #[arg(long, default_value_t = 1000)]
+    singles: usize,
+    /// Worker processes.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Connection counts tried for the Postgres-alone ceiling.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    ceiling_connections: Vec<usize>,
+    /// Students preloaded into the school before a second throughput run (0: skip).
+    #[arg(long, default_value_t = 0)]
+    preload: usize,
+    /// Extra seconds of sustained update load after the measurements, sampling RSS.
+    #[arg(long, default_value_t = 0)]
+    soak_seconds: u64,
+    /// Where the release binaries are.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// Where the JSON results go.
+    #[arg(long, default_value = "bench-results/latest.json")]
+    out: PathBuf,
+    /// Environment for the workers, e.g. WORKER_CONCURRENCY=4 (repeatable).
+    #[arg(long = "worker-env", value_parser = parse_env)]
+    worker_env: Vec<(String, String)>,
+}
+
+fn parse_env(raw: &str) -> Result<(String, String), String> {
+    raw.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected NAME=VALUE, got {raw:?}"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let services = stack::Services::from_env();
+    let stack = stack::Stack::start(&args.bin_dir, &services, args.workers, &args.worker_env).await?;
+    let (samples, sampler) = rss::sample(stack.pids(), Duration::from_millis(250));
+    let outcome = report::run_all(&args, &stack, samples).await;
+    sampler.abort();
+    let stopped = stack.stop().await;
+    let results = outcome?;
+    stopped?;
+    report::print(&args, &results);
+    report::write_json(&args.out, &args, &results)?;
+    eprintln!("results written to {}", args.out.display());
+    Ok(())
+}
