@@ -16,6 +16,9 @@ pub struct Config {
     pub smtp_url: Option<String>,
     pub rate_limit_per_minute: u32,
     pub rate_limit_burst: u32,
+    /// Students one school may send in batches per minute, over all its keys
+    /// and every API instance (`SCHOOL_STUDENTS_PER_MINUTE`).
+    pub school_students_per_minute: u32,
     /// Batches one worker process applies at once.
     pub worker_concurrency: usize,
     /// Unacknowledged messages one worker process holds.
@@ -25,6 +28,27 @@ pub struct Config {
     /// Deliveries of one batch before it is dead-lettered and its job fails.
     pub queue_delivery_limit: u32,
     pub database_max_connections: u32,
+    /// The credentials mailer of the worker.
+    pub mail: MailConfig,
+}
+
+/// Settings of the credentials mailer (`MAIL_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailConfig {
+    /// Sender address; the display name is the school's (`MAIL_FROM`).
+    pub from: String,
+    /// Emails one school may be sent in any 60 minutes (`MAIL_PER_SCHOOL_PER_HOUR`).
+    pub per_school_per_hour: u32,
+    /// Attempts before an email is `failed` for good (`MAIL_MAX_ATTEMPTS`).
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubles per attempt, capped at one hour
+    /// (`MAIL_RETRY_BASE_MS`).
+    pub retry_base: Duration,
+    /// How often an idle mailer looks for due emails (`MAIL_POLL_MS`).
+    pub poll_interval: Duration,
+    /// Emails one worker process sends at once (`MAIL_CONCURRENCY`; 0 turns
+    /// the mailer of that process off).
+    pub concurrency: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -40,10 +64,15 @@ impl std::fmt::Debug for Config {
             .field("smtp_url", &self.smtp_url.as_deref().map(redact_url))
             .field("rate_limit_per_minute", &self.rate_limit_per_minute)
             .field("rate_limit_burst", &self.rate_limit_burst)
+            .field(
+                "school_students_per_minute",
+                &self.school_students_per_minute,
+            )
             .field("worker_concurrency", &self.worker_concurrency)
             .field("worker_prefetch", &self.worker_prefetch)
             .field("queue_max_length", &self.queue_max_length)
             .field("queue_delivery_limit", &self.queue_delivery_limit)
+            .field("mail", &self.mail)
             .finish()
     }
 }
@@ -93,11 +122,20 @@ impl Config {
             smtp_url: lookup("SMTP_URL").filter(|value| !value.is_empty()),
             rate_limit_per_minute: number(&lookup, "RATE_LIMIT_PER_MINUTE", 300)?,
             rate_limit_burst: number(&lookup, "RATE_LIMIT_BURST", 60)?,
+            school_students_per_minute: number(&lookup, "SCHOOL_STUDENTS_PER_MINUTE", 60_000)?,
             worker_concurrency: number(&lookup, "WORKER_CONCURRENCY", 2)?,
             worker_prefetch: number(&lookup, "WORKER_PREFETCH", 2)?,
             queue_max_length: number(&lookup, "QUEUE_MAX_LENGTH", 10_000)?,
             queue_delivery_limit: number(&lookup, "QUEUE_DELIVERY_LIMIT", 5)?,
             database_max_connections: number(&lookup, "DATABASE_MAX_CONNECTIONS", 10)?,
+            mail: MailConfig {
+                from: text("MAIL_FROM", "no-reply@studentsync.invalid"),
+                per_school_per_hour: number(&lookup, "MAIL_PER_SCHOOL_PER_HOUR", 500)?,
+                max_attempts: number(&lookup, "MAIL_MAX_ATTEMPTS", 8)?,
+                retry_base: Duration::from_millis(number(&lookup, "MAIL_RETRY_BASE_MS", 30_000)?),
+                poll_interval: Duration::from_millis(number(&lookup, "MAIL_POLL_MS", 2_000)?),
+                concurrency: number(&lookup, "MAIL_CONCURRENCY", 1)?,
+            },
         })
     }
 
@@ -136,7 +174,11 @@ mod tests {
         assert_eq!(config.namespace, "studentsync");
         assert_eq!(config.rate_limit_per_minute, 300);
         assert_eq!(config.rate_limit_burst, 60);
+        assert_eq!(config.school_students_per_minute, 60_000);
         assert!(config.admin_token.is_none());
+        assert!(config.smtp_url.is_none());
+        assert_eq!(config.mail.per_school_per_hour, 500);
+        assert_eq!(config.mail.max_attempts, 8);
     }
 
     #[test]
@@ -153,10 +195,15 @@ mod tests {
         let env = HashMap::from([
             ("ADMIN_TOKEN", "super-secret"),
             ("AMQP_URL", "amqp://user:hunter2@host:5672/%2f"),
+            (
+                "SMTP_URL",
+                "smtp://mailer:s3cret@smtp.example.org:587?tls=required",
+            ),
         ]);
         let config = Config::from_lookup(|name| env.get(name).map(|v| v.to_string())).unwrap();
         let shown = format!("{config:?}");
         assert!(!shown.contains("super-secret"));
         assert!(!shown.contains("hunter2"));
+        assert!(!shown.contains("s3cret"));
     }
 }

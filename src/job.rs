@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::domain::{ItemError, UpsertCommand};
+use crate::domain::{EmailStatus, ItemError, UpsertCommand};
 
 /// How long job results stay readable after completion.
 pub const RESULT_RETENTION_DAYS: i64 = 7;
@@ -75,12 +75,26 @@ pub enum ItemStatus {
     Failed,
 }
 
-/// State of the credentials email of a created student.
+/// State of the credentials email of a created student: `skipped_no_email`
+/// (the student has no email address), else the live state of its outbox row —
+/// `queued` (waiting or being retried), `sent` or `failed` (given up).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CredentialsEmail {
     Queued,
+    Sent,
+    Failed,
     SkippedNoEmail,
+}
+
+impl From<EmailStatus> for CredentialsEmail {
+    fn from(status: EmailStatus) -> Self {
+        match status {
+            EmailStatus::Queued => CredentialsEmail::Queued,
+            EmailStatus::Sent => CredentialsEmail::Sent,
+            EmailStatus::Failed => CredentialsEmail::Failed,
+        }
+    }
 }
 
 /// One entry of `results`.
@@ -213,5 +227,18 @@ impl JobView {
     /// Whether every item succeeded (HTTP 200) or some failed (207).
     pub fn all_succeeded(&self) -> bool {
         self.summary.is_some_and(|summary| summary.failed == 0)
+    }
+
+    /// Whether some result still shows a `queued` credentials email: such a body
+    /// goes stale as the mailer works, so it is read from Postgres (where the live
+    /// outbox state is overlaid), not from a cache. (A dry run's `queued` is a
+    /// prediction that never changes.)
+    pub fn awaits_credentials_emails(&self) -> bool {
+        !self.dry_run
+            && self.results.as_ref().is_some_and(|results| {
+                results
+                    .iter()
+                    .any(|result| result.credentials_email == Some(CredentialsEmail::Queued))
+            })
     }
 }

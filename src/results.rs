@@ -1,7 +1,10 @@
 //! Redis, the fast path for job results: after a worker commits a job it caches
 //! the job body under `{ns}:job:{id}` and publishes the id on `{ns}:jobs:completed`.
 //! Waiting API requests listen to that channel. Redis may lose everything at any
-//! time: Postgres stays the record and every reader falls back to it.
+//! time: Postgres stays the record and every reader falls back to it. A body with
+//! credentials emails still `queued` is never served from the cache (the mailer
+//! changes their state after the job completed); the mailer rewrites the entry
+//! once they are all settled.
 
 use std::time::Duration;
 
@@ -98,7 +101,9 @@ impl ResultsStore {
         Ok(())
     }
 
-    /// The cached body of a finished job, if Redis has it.
+    /// The cached body of a finished job, if Redis has it. A body that still
+    /// shows `queued` credentials emails counts as a miss: their state lives in
+    /// Postgres, and readers get it there (see `store::jobs::get`).
     pub async fn cached(
         &self,
         school_id: Uuid,
@@ -106,7 +111,27 @@ impl ResultsStore {
     ) -> redis::RedisResult<Option<JobView>> {
         let mut redis = self.redis.clone();
         let body: Option<String> = redis.get(self.keys.job(school_id, job_id)).await?;
-        Ok(body.and_then(|body| serde_json::from_str(&body).ok()))
+        Ok(body
+            .and_then(|body| serde_json::from_str::<JobView>(&body).ok())
+            .filter(|view| !view.awaits_credentials_emails()))
+    }
+
+    /// Replaces a cached job body (once its credentials emails are settled) so
+    /// that the cache serves it again; keeps the entry's expiry and never
+    /// creates an entry that has expired or was never written.
+    pub async fn refresh_cached(&self, school_id: Uuid, job: &JobView) -> redis::RedisResult<()> {
+        let body = serde_json::to_string(job).map_err(|error| {
+            redis::RedisError::from((redis::ErrorKind::Client, "serialize job", error.to_string()))
+        })?;
+        let mut redis = self.redis.clone();
+        let _: Option<String> = redis::cmd("SET")
+            .arg(self.keys.job(school_id, job.job_id))
+            .arg(body)
+            .arg("XX")
+            .arg("KEEPTTL")
+            .query_async(&mut redis)
+            .await?;
+        Ok(())
     }
 
     /// A clone of the underlying connection (for other Redis users such as the

@@ -1,14 +1,21 @@
 //! Request extractors that answer with problem+json instead of axum's plain-text
-//! rejections: [`JsonBody`] (media type, size limit and strict JSON parsing, in
+//! rejections, and the body-size middleware. [`limit_body`] caps every request
+//! body of every route at 5 MiB while it streams (a declared `Content-Length`
+//! over it is refused before anything is read; a chunked body is cut off at the
+//! limit), so no handler can buffer more whatever it does. Extractors:
+//! [`JsonBody`] (media type, size limit and strict JSON parsing, in
 //! that order), [`PathId`] (a UUID path segment; anything else is a 404),
 //! [`QueryParams`] (query string with repeated parameters rejected) and
 //! [`Caller`] (the principal the auth middleware resolved).
 
 use std::collections::HashMap;
 
+use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use studentsync::store::keys::Principal;
 use uuid::Uuid;
@@ -17,6 +24,28 @@ use crate::error::{ApiError, ProblemCode};
 
 /// The largest request body accepted (5 MiB).
 pub const MAX_BODY_BYTES: usize = 5 * 1024 * 1024;
+
+/// Middleware: refuses a declared `Content-Length` over [`MAX_BODY_BYTES`] with
+/// 413 `payload_too_large` (problem+json) without reading the body, and wraps
+/// every other body so that reading it fails past the limit, chunked or not
+/// (the body extractors turn that failure into the same 413). Unread bytes stay
+/// in the socket: hyper closes the connection instead of draining it.
+pub async fn limit_body(request: Request, next: Next) -> Response {
+    if declared_length(request.headers()).is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        return too_large().into_response();
+    }
+    let request =
+        request.map(|body| Body::new(http_body_util::Limited::new(body, MAX_BODY_BYTES)));
+    next.run(request).await
+}
+
+/// The `Content-Length` of a request, when it is a number.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok())
+}
 
 /// A JSON request body, parsed strictly (`studentsync::json::parse_strict`).
 ///
@@ -41,12 +70,8 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 "the request body must be JSON (Content-Type: application/json)",
             ));
         }
-        let declared = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.trim().parse::<u64>().ok());
-        if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        if declared_length(request.headers()).is_some_and(|length| length > MAX_BODY_BYTES as u64)
+        {
             return Err(too_large());
         }
         let bytes = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
@@ -200,9 +225,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::body::Body;
     use axum::http::StatusCode;
-    use axum::response::IntoResponse;
 
     #[test]
     fn json_media_types() {
@@ -297,5 +320,46 @@ mod tests {
             QueryParams::parse("").unwrap().limit(100, 500).unwrap(),
             100
         );
+    }
+
+    /// A route that reads its body raw (no extractor limit) behind the layer.
+    async fn raw_length(request: Request) -> Response {
+        let outcome = axum::body::to_bytes(request.into_body(), usize::MAX).await;
+        match outcome {
+            Ok(bytes) => bytes.len().to_string().into_response(),
+            Err(error) if is_length_limit(&error) => too_large().into_response(),
+            Err(_) => StatusCode::BAD_REQUEST.into_response(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_layer_limits_bodies_no_extractor_limits() {
+        use tower::ServiceExt;
+        let app = axum::Router::new()
+            .route("/", axum::routing::post(raw_length))
+            .layer(axum::middleware::from_fn(limit_body));
+        let call = |body: Body, length: Option<&str>| {
+            let mut request = Request::post("/");
+            if let Some(length) = length {
+                request = request.header(header::CONTENT_LENGTH, length);
+            }
+            app.clone().oneshot(request.body(body).unwrap())
+        };
+        let response = call(Body::from(vec![b'x'; MAX_BODY_BYTES]), None)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let chunks = futures_util::stream::iter(
+            (0..6).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1024 * 1024])),
+        );
+        let response = call(Body::from_stream(chunks), None).await.unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], crate::error::PROBLEM_JSON);
+        // Refused on the declaration alone: the body is never polled.
+        let never = futures_util::stream::pending::<Result<Vec<u8>, std::io::Error>>();
+        let response = call(Body::from_stream(never), Some("5242881"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
 }

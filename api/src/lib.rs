@@ -38,7 +38,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use uuid::Uuid;
 
 use crate::error::{ApiError, ProblemCode};
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{Policy, RateLimiter};
 use crate::routes::{admin, batch, jobs, ops, students};
 
 pub use crate::openapi::openapi;
@@ -82,8 +82,8 @@ impl AppState {
         let limiter = RateLimiter::new(
             redis.clone(),
             &config.namespace,
-            config.rate_limit_per_minute,
-            config.rate_limit_burst,
+            Policy::per_key(config.rate_limit_per_minute, config.rate_limit_burst),
+            Policy::per_school(config.school_students_per_minute),
         );
         let results = ResultsStore::new(redis, &config.namespace);
         let (shutdown, _) = watch::channel(false);
@@ -204,7 +204,9 @@ pub fn router(state: AppState) -> Router {
         .merge(operations)
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
-        // The body extractor enforces its own 5 MiB limit while streaming.
+        // Every body is capped at 5 MiB while it streams (the JSON extractor
+        // checks the same limit itself; axum's default 2 MiB is lifted).
+        .layer(middleware::from_fn(extract::limit_body))
         .layer(DefaultBodyLimit::disable())
         .layer(CatchPanicLayer::custom(error::panic_response))
         .layer(middleware::from_fn(request_timeout))

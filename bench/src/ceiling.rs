@@ -36,7 +36,9 @@ pub async fn measure(
     generation: u32,
     connections: &[usize],
 ) -> anyhow::Result<(f64, usize)> {
-    sqlx::query("DROP TABLE IF EXISTS bench_ceiling").execute(pool).await?;
+    sqlx::query("DROP TABLE IF EXISTS bench_ceiling")
+        .execute(pool)
+        .await?;
     sqlx::query("CREATE TABLE bench_ceiling (LIKE students INCLUDING ALL)")
         .execute(pool)
         .await?;
@@ -46,16 +48,34 @@ pub async fn measure(
         // generation (or none).
         sqlx::query("TRUNCATE bench_ceiling").execute(pool).await?;
         if generation > 0 {
-            run(pool, school_id, total, generation - 1, conns, &format!("c{round}")).await?;
+            run(
+                pool,
+                school_id,
+                total,
+                generation - 1,
+                conns,
+                &format!("c{round}"),
+            )
+            .await?;
         }
         let started = Instant::now();
-        run(pool, school_id, total, generation, conns, &format!("c{round}")).await?;
+        run(
+            pool,
+            school_id,
+            total,
+            generation,
+            conns,
+            &format!("c{round}"),
+        )
+        .await?;
         let rate = total as f64 / started.elapsed().as_secs_f64();
         if rate > best.0 {
             best = (rate, conns);
         }
     }
-    sqlx::query("DROP TABLE bench_ceiling").execute(pool).await?;
+    sqlx::query("DROP TABLE bench_ceiling")
+        .execute(pool)
+        .await?;
     Ok(best)
 }
 
@@ -72,7 +92,12 @@ async fn run(
         .map(|start| start..(start + 1000).min(total))
         .collect();
     let lanes = (0..connections).map(|lane| {
-        let mine: Vec<_> = batches.iter().skip(lane).step_by(connections).cloned().collect();
+        let mine: Vec<_> = batches
+            .iter()
+            .skip(lane)
+            .step_by(connections)
+            .cloned()
+            .collect();
         async move {
             for range in mine {
                 upsert(pool, school_id, space, range, generation).await?;
@@ -91,8 +116,9 @@ async fn upsert(
     range: std::ops::Range<usize>,
     generation: u32,
 ) -> anyhow::Result<()> {
-    let rows: Vec<serde_json::Value> =
-        range.map(|i| students::student(space, i, generation)).collect();
+    let rows: Vec<serde_json::Value> = range
+        .map(|i| students::student(space, i, generation))
+        .collect();
     let text = |field: &str| -> Vec<String> {
         rows.iter()
             .map(|row| row[field].as_str().unwrap_or_default().to_string())

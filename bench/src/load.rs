@@ -86,7 +86,10 @@ pub async fn async_throughput(
                 };
                 let body = students::batch(&space, range, generation);
                 let (status, answer) = client.upsert(&body, "respond-async").await?;
-                anyhow::ensure!(status == 202 || status == 200, "batch answered {status}: {answer}");
+                anyhow::ensure!(
+                    status == 202 || status == 200,
+                    "batch answered {status}: {answer}"
+                );
                 jobs.push(answer["jobId"].as_str().context("jobId")?.to_string());
             }
             for job in jobs {

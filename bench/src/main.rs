@@ -65,7 +65,8 @@ fn parse_env(raw: &str) -> Result<(String, String), String> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let services = stack::Services::from_env();
-    let stack = stack::Stack::start(&args.bin_dir, &services, args.workers, &args.worker_env).await?;
+    let stack =
+        stack::Stack::start(&args.bin_dir, &services, args.workers, &args.worker_env).await?;
     let (samples, sampler) = rss::sample(stack.pids(), Duration::from_millis(250));
     let outcome = report::run_all(&args, &stack, samples).await;
     sampler.abort();

@@ -38,7 +38,10 @@ pub async fn run_all(args: &Args, stack: &Stack, samples: Samples) -> anyhow::Re
     let client = Client::new(&stack.base_url, &stack.api_key);
     let n = args.students;
 
-    eprintln!("ceiling: Postgres alone, {n} rows, connections {:?}", args.ceiling_connections);
+    eprintln!(
+        "ceiling: Postgres alone, {n} rows, connections {:?}",
+        args.ceiling_connections
+    );
     let (ceiling_create, conns_create) =
         ceiling::measure(&pool, stack.school_id, n, 0, &args.ceiling_connections).await?;
     let (ceiling_update, conns_update) =

@@ -17,7 +17,10 @@ pub fn rss_mib(pid: u32) -> Option<f64> {
 }
 
 /// Samples every `period` until the returned handle is aborted.
-pub fn sample(pids: Vec<(String, u32)>, period: Duration) -> (Samples, tokio::task::JoinHandle<()>) {
+pub fn sample(
+    pids: Vec<(String, u32)>,
+    period: Duration,
+) -> (Samples, tokio::task::JoinHandle<()>) {
     let samples: Samples = Arc::default();
     let writer = samples.clone();
     let handle = tokio::spawn(async move {

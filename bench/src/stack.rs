@@ -35,7 +35,8 @@ pub struct Services {
 
 impl Services {
     pub fn from_env() -> Self {
-        let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+        let var =
+            |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
         Self {
             postgres: var("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432"),
             amqp_url: var("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
@@ -77,7 +78,12 @@ impl Stack {
             .arg("migrate")
             .envs(env.iter().cloned())
             .status()
-            .with_context(|| format!("run {} (build with `cargo build --release --bins`)", binary("studentsync-api").display()))?;
+            .with_context(|| {
+                format!(
+                    "run {} (build with `cargo build --release --bins`)",
+                    binary("studentsync-api").display()
+                )
+            })?;
         anyhow::ensure!(status.success(), "migrate failed");
         let spawn = |name: &str, extra: &[(String, String)]| -> anyhow::Result<Child> {
             Command::new(binary(name))
@@ -140,21 +146,31 @@ impl Stack {
     /// Stops the processes and removes the database, queues and Redis keys.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         for child in std::iter::once(&mut self.api).chain(self.workers.iter_mut()) {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
         }
         for child in std::iter::once(&mut self.api).chain(self.workers.iter_mut()) {
             let _ = child.wait();
         }
         let mut admin = sqlx::PgPool::connect(&self.admin_database_url).await?;
-        let statement = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database_name);
-        sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&admin).await?;
+        let statement = format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.database_name
+        );
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&admin)
+            .await?;
         admin.close().await;
         admin = sqlx::PgPool::connect_lazy(&self.admin_database_url)?;
         drop(admin);
 
         let connection = studentsync::queue::connect(&self.amqp_url, "bench-cleanup").await?;
         let channel = connection.create_channel().await?;
-        Topology::new(&self.namespace, 0, 0).delete(&channel).await?;
+        Topology::new(&self.namespace, 0, 0)
+            .delete(&channel)
+            .await?;
         let _ = connection.close(200, "bye".into()).await;
 
         let client = redis::Client::open(self.redis_url.as_str())?;

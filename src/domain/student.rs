@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::Patch;
+use super::{EmailStatus, Patch};
 
 /// A student as stored in Postgres.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -28,6 +28,10 @@ pub struct StudentRow {
     pub password_change_required: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// `credential_emails.status` of the student's credentials email, where the
+    /// query selects it (the student reads do; the write path does not need it).
+    #[sqlx(default)]
+    pub credentials_email: Option<String>,
 }
 
 /// The columns of `StudentRow`, for `SELECT` lists built with `concat!`.
@@ -61,6 +65,9 @@ pub struct StudentView {
     pub password_change_required: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The student's credentials email: `queued`, `sent` or `failed`; `null` when
+    /// none was ever queued (not created with `sendCredentials`, or no email).
+    pub credentials_email: Option<EmailStatus>,
 }
 
 impl From<StudentRow> for StudentView {
@@ -83,6 +90,10 @@ impl From<StudentRow> for StudentView {
             password_change_required: row.password_change_required,
             created_at: row.created_at,
             updated_at: row.updated_at,
+            credentials_email: row
+                .credentials_email
+                .as_deref()
+                .and_then(EmailStatus::parse),
         }
     }
 }

@@ -24,6 +24,16 @@ pub const MAX_BATCH: usize = 1000;
 /// The most distinct tags one student may have.
 const MAX_TAGS: usize = 15;
 
+/// The most errors reported for one item (or for one envelope). A well-meant
+/// item has far fewer (every field and 16 bad tags give about 60); only hostile
+/// input (thousands of unknown fields or non-string tags) reaches it. Without
+/// the cap a 5 MiB body of `[0,0,…]` tags would become ~200 MB of errors in
+/// memory, in the queued message and in the stored results. Past the cap the
+/// last error's detail says that further errors were left out.
+pub const MAX_ITEM_ERRORS: usize = 100;
+
+const ERRORS_LEFT_OUT: &str = "; further errors of this item are not listed";
+
 const EXTERNAL_REFERENCE_ID: &str = "externalReferenceId";
 
 /// A request whose envelope is valid; the items are not validated yet.
@@ -81,6 +91,7 @@ pub fn parse_envelope(body: Value) -> Result<BatchRequest, EnvelopeError> {
         Some(value) => parse_options(value, &mut errors),
     };
     unknown_fields(body, "", &mut errors);
+    cap_errors(&mut errors);
 
     if !errors.is_empty() {
         let detail = errors
@@ -159,11 +170,13 @@ fn option_bool(
     }
 }
 
-/// One `unknown_field` error per key left in `map`, sorted by key.
+/// One `unknown_field` error per key left in `map`, sorted by key (no more
+/// than the error cap needs).
 fn unknown_fields(map: Map<String, Value>, prefix: &str, errors: &mut Vec<ItemError>) {
     let mut keys: Vec<String> = map.into_iter().map(|(key, _)| key).collect();
     keys.sort_unstable();
-    errors.extend(keys.into_iter().map(|key| {
+    let room = (MAX_ITEM_ERRORS + 1).saturating_sub(errors.len());
+    errors.extend(keys.into_iter().take(room).map(|key| {
         let pointer = format!("{prefix}/{}", escape_pointer_token(&key));
         ItemError::new(ItemErrorCode::UnknownField, pointer, "unknown field")
     }));
@@ -182,6 +195,9 @@ pub fn validate_items(students: Vec<Value>) -> Vec<BatchItem> {
         .map(|(index, item)| check_item(index, item))
         .collect();
     mark_duplicates(&mut checked);
+    for item in &mut checked {
+        cap_errors(&mut item.errors);
+    }
     checked
         .into_iter()
         .map(CheckedItem::into_batch_item)
@@ -322,7 +338,8 @@ fn check_item(index: usize, item: Value) -> CheckedItem {
     }
 
     unknown.sort_unstable();
-    errors.extend(unknown.iter().map(|key| {
+    let room = (MAX_ITEM_ERRORS + 1).saturating_sub(errors.len());
+    errors.extend(unknown.iter().take(room).map(|key| {
         ItemError::new(
             ItemErrorCode::UnknownField,
             field_pointer(index, key),
@@ -423,6 +440,10 @@ fn tags_patch(index: usize, value: Value, errors: &mut Vec<ItemError>) -> Patch<
     let before = errors.len();
     let mut tags = Vec::with_capacity(items.len());
     for (position, item) in items.into_iter().enumerate() {
+        if errors.len() > MAX_ITEM_ERRORS {
+            // Past the cap: the patch is rejected anyway, stop collecting.
+            break;
+        }
         let pointer = || format!("{}/{position}", field_pointer(index, "tags"));
         match item {
             Value::String(tag) => {
@@ -497,6 +518,17 @@ fn mark_duplicates(items: &mut [CheckedItem]) {
 // ---------------------------------------------------------------------------------
 // Small helpers
 // ---------------------------------------------------------------------------------
+
+/// Keeps at most [`MAX_ITEM_ERRORS`] errors; the last one kept then says that
+/// more were left out.
+fn cap_errors(errors: &mut Vec<ItemError>) {
+    if errors.len() > MAX_ITEM_ERRORS {
+        errors.truncate(MAX_ITEM_ERRORS);
+        if let Some(last) = errors.last_mut() {
+            last.detail.push_str(ERRORS_LEFT_OUT);
+        }
+    }
+}
 
 fn required(pointer: String) -> ItemError {
     ItemError::new(ItemErrorCode::Required, pointer, "is required")
@@ -1091,6 +1123,61 @@ mod tests {
     }
 
     // --- envelope -----------------------------------------------------------------
+
+    #[test]
+    fn hostile_items_report_at_most_the_error_cap() {
+        // 5 MiB of non-string tags would otherwise be millions of errors.
+        let tags: Vec<Value> = vec![json!(0); 2_000_000];
+        let started = std::time::Instant::now();
+        let item = one(json!({"externalReferenceId": "a", "firstName": 1, "tags": tags}));
+        let BatchItem::Rejected { errors, .. } = &item else {
+            panic!("rejected")
+        };
+        assert_eq!(errors.len(), MAX_ITEM_ERRORS);
+        assert_eq!(errors[0].pointer, "/students/0/firstName");
+        assert_eq!(errors[1].pointer, "/students/0/tags/0");
+        assert_eq!(errors[99].pointer, "/students/0/tags/98");
+        assert!(errors[99].detail.ends_with(ERRORS_LEFT_OUT), "{errors:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+        let mut many = serde_json::Map::new();
+        many.insert("externalReferenceId".into(), json!("a"));
+        for n in 0..100_000 {
+            many.insert(format!("x{n:06}"), json!(0));
+        }
+        let item = one(Value::Object(many));
+        let errors = errors_of(&item);
+        assert_eq!(errors.len(), MAX_ITEM_ERRORS);
+        assert_eq!(errors[0], (C::UnknownField, "/students/0/x000000"));
+        assert_eq!(errors[99], (C::UnknownField, "/students/0/x000099"));
+
+        // Exactly at the cap nothing is left out.
+        let mut hundred = serde_json::Map::new();
+        hundred.insert("externalReferenceId".into(), json!("a"));
+        for n in 0..MAX_ITEM_ERRORS {
+            hundred.insert(format!("y{n:03}"), json!(0));
+        }
+        let item = one(Value::Object(hundred));
+        let BatchItem::Rejected { errors, .. } = &item else {
+            panic!("rejected")
+        };
+        assert_eq!(errors.len(), MAX_ITEM_ERRORS);
+        assert!(errors.iter().all(|e| e.detail == "unknown field"));
+    }
+
+    #[test]
+    fn envelope_errors_are_capped_too() {
+        let mut body = serde_json::Map::new();
+        body.insert("students".into(), json!([{}]));
+        for n in 0..10_000 {
+            body.insert(format!("k{n:05}"), json!(0));
+        }
+        let Err(EnvelopeError::Invalid { errors, .. }) = parse_envelope(Value::Object(body)) else {
+            panic!("invalid")
+        };
+        assert_eq!(errors.len(), MAX_ITEM_ERRORS);
+        assert_eq!(errors[0].pointer, "/k00000");
+    }
 
     fn invalid(body: Value) -> (String, Vec<(ItemErrorCode, String)>) {
         match parse_envelope(body) {

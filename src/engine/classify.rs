@@ -213,6 +213,7 @@ mod tests {
             password_change_required: false,
             created_at: Utc::now(),
             updated_at: Utc::now(),
+            credentials_email: None,
         }
     }
 

@@ -1,13 +1,16 @@
 //! Job rows: created by the API before a batch is published, completed by the
 //! worker in the transaction that applies the batch. Postgres is the record of every
-//! job and its results; Redis only caches them.
+//! job and its results; Redis only caches them. Reads of a job overlay the live
+//! state of its credentials emails (`queued` → `sent` / `failed`) on its results.
 
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::job::{ItemResult, JobStatus, JobSummary, JobView, RESULT_RETENTION_DAYS};
+use crate::job::{
+    CredentialsEmail, ItemResult, JobStatus, JobSummary, JobView, RESULT_RETENTION_DAYS,
+};
 
 /// What the API records before publishing a batch.
 #[derive(Debug, Clone)]
@@ -37,6 +40,17 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// Whether the stored results show `queued` credentials emails, whose live
+    /// state is in the outbox.
+    fn awaits_credentials_emails(&self) -> bool {
+        !self.dry_run
+            && self.results.as_ref().is_some_and(|Json(results)| {
+                results
+                    .iter()
+                    .any(|result| result.credentials_email == Some(CredentialsEmail::Queued))
+            })
+    }
+
     pub fn status(&self) -> JobStatus {
         JobStatus::parse(&self.status).unwrap_or(JobStatus::Queued)
     }
@@ -111,6 +125,10 @@ pub async fn record(pool: &PgPool, job: &NewJob<'_>) -> Result<Recorded, sqlx::E
         .bind(job.idempotency_key)
         .fetch_optional(&mut *tx)
         .await?;
+        let existing = match existing {
+            Some(record) => Some(with_live_emails(&mut *tx, record).await?),
+            None => None,
+        };
         tx.commit().await?;
         if let Some(existing) = existing {
             return Ok(Recorded::Existing(Box::new(existing)));
@@ -132,6 +150,24 @@ pub async fn forget(pool: &PgPool, job_id: Uuid) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// Whether the school has a live job (younger than 24 h) under this
+/// Idempotency-Key: a request with it would be a replay, which costs nothing.
+pub async fn holds_idempotency_key(
+    pool: &PgPool,
+    school_id: Uuid,
+    key: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE school_id = $1 AND idempotency_key = $2
+                          AND created_at >= now() - $3::interval)",
+    )
+    .bind(school_id)
+    .bind(key)
+    .bind(IDEMPOTENCY_WINDOW)
+    .fetch_one(pool)
+    .await
+}
+
 macro_rules! job_columns {
     () => {
         "id, status, dry_run, body_fingerprint, summary, results, error, created_at, \
@@ -140,13 +176,13 @@ macro_rules! job_columns {
 }
 use job_columns;
 
-/// One job of a school, with its results.
+/// One job of a school, with its results (credentials emails as they are now).
 pub async fn get(
     pool: &PgPool,
     school_id: Uuid,
     job_id: Uuid,
 ) -> Result<Option<JobRecord>, sqlx::Error> {
-    sqlx::query_as(concat!(
+    let record: Option<JobRecord> = sqlx::query_as(concat!(
         "SELECT ",
         job_columns!(),
         " FROM jobs WHERE id = $1 AND school_id = $2"
@@ -154,7 +190,26 @@ pub async fn get(
     .bind(job_id)
     .bind(school_id)
     .fetch_optional(pool)
-    .await
+    .await?;
+    match record {
+        Some(record) => with_live_emails(pool, record).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Overlays the live outbox state on results that show `queued` credentials
+/// emails (one indexed read, only for such jobs).
+async fn with_live_emails<'c>(
+    executor: impl PgExecutor<'c>,
+    mut record: JobRecord,
+) -> Result<JobRecord, sqlx::Error> {
+    if record.awaits_credentials_emails() {
+        let statuses = super::outbox::job_statuses(executor, record.id).await?;
+        if let Some(Json(results)) = record.results.as_mut() {
+            super::outbox::overlay(results, &statuses);
+        }
+    }
+    Ok(record)
 }
 
 /// Position in the newest-first job list.
@@ -291,14 +346,18 @@ pub async fn fail(
 
 /// Reads a job without the school filter (worker side, after it committed).
 pub async fn get_any(pool: &PgPool, job_id: Uuid) -> Result<Option<JobRecord>, sqlx::Error> {
-    sqlx::query_as(concat!(
+    let record: Option<JobRecord> = sqlx::query_as(concat!(
         "SELECT ",
         job_columns!(),
         " FROM jobs WHERE id = $1"
     ))
     .bind(job_id)
     .fetch_optional(pool)
-    .await
+    .await?;
+    match record {
+        Some(record) => with_live_emails(pool, record).await.map(Some),
+        None => Ok(None),
+    }
 }
 
 /// Deletes jobs whose results have expired; returns how many.

@@ -1,9 +1,11 @@
 //! Postgres access for the API side: schools and API keys, job rows, and student
-//! reads. Every function that reads tenant data takes the caller's school id and
-//! filters on it. (The batch write path lives in `crate::engine`.)
+//! reads; and the credentials-email outbox that the mailer works through. Every
+//! function that reads tenant data takes the caller's school id and filters on
+//! it. (The batch write path lives in `crate::engine`.)
 
 pub mod jobs;
 pub mod keys;
+pub mod outbox;
 pub mod students;
 
 use base64::Engine as _;

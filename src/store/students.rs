@@ -1,10 +1,23 @@
 //! Student reads and the archive/unarchive switches, always scoped to one school.
+//! Every read also carries the state of the student's credentials email.
 
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::domain::StudentRow;
 use crate::student_columns;
+
+/// The student columns plus `credentials_email`, the state of the student's
+/// credentials email (one outbox row at most per student: a unique index probe).
+macro_rules! student_read_columns {
+    () => {
+        concat!(
+            student_columns!(),
+            ", (SELECT c.status FROM credential_emails c WHERE c.student_id = students.id) \
+             AS credentials_email"
+        )
+    };
+}
 
 /// One student of a school.
 pub async fn get(
@@ -14,7 +27,7 @@ pub async fn get(
 ) -> Result<Option<StudentRow>, sqlx::Error> {
     sqlx::query_as(concat!(
         "SELECT ",
-        student_columns!(),
+        student_read_columns!(),
         " FROM students WHERE school_id = $1 AND id = $2"
     ))
     .bind(school_id)
@@ -32,7 +45,7 @@ pub async fn find_by_external_reference(
 ) -> Result<Option<StudentRow>, sqlx::Error> {
     sqlx::query_as(concat!(
         "SELECT ",
-        student_columns!(),
+        student_read_columns!(),
         " FROM students WHERE school_id = $1 AND external_reference_id = $2
           AND ($3::boolean IS NULL OR archived = $3)"
     ))
@@ -53,7 +66,7 @@ pub async fn list(
 ) -> Result<Vec<StudentRow>, sqlx::Error> {
     sqlx::query_as(concat!(
         "SELECT ",
-        student_columns!(),
+        student_read_columns!(),
         " FROM students WHERE school_id = $1
           AND ($2::boolean IS NULL OR archived = $2)
           AND ($3::uuid IS NULL OR id > $3)
@@ -80,7 +93,7 @@ pub async fn set_archived(
              updated_at = CASE WHEN archived = $3 THEN updated_at ELSE now() END
          WHERE school_id = $1 AND id = $2
          RETURNING ",
-        student_columns!()
+        student_read_columns!()
     ))
     .bind(school_id)
     .bind(student_id)

@@ -34,9 +34,13 @@ async fn one_email_per_created_student_with_an_email() {
         ))
         .await;
     let results = results_of(&job);
-    assert_eq!(results[0]["credentialsEmail"], "queued");
+    // `queued`, or already `sent` by the mailer (live outbox state).
+    let queued_or_sent = |result: &Value| {
+        ["queued", "sent"].contains(&result["credentialsEmail"].as_str().unwrap_or_default())
+    };
+    assert!(queued_or_sent(&results[0]), "{}", results[0]);
     assert_eq!(results[1]["credentialsEmail"], "skipped_no_email");
-    assert_eq!(results[2]["credentialsEmail"], "queued");
+    assert!(queued_or_sent(&results[2]), "{}", results[2]);
     assert_eq!(results[3]["credentialsEmail"], "skipped_no_email");
     assert_eq!(results[4]["status"], "failed");
     assert!(
@@ -139,7 +143,16 @@ async fn dry_run_and_replay_queue_no_email() {
         )
         .await;
         assert_eq!(reply.status, reqwest::StatusCode::OK, "{}", reply.body);
-        assert_eq!(reply.body["results"][0]["credentialsEmail"], "queued");
+        // `queued`, or already `sent` by the mailer (live outbox state).
+        assert!(
+            ["queued", "sent"].contains(
+                &reply.body["results"][0]["credentialsEmail"]
+                    .as_str()
+                    .unwrap_or_default()
+            ),
+            "{}",
+            reply.body
+        );
     }
     assert_eq!(app.count("credential_emails").await, 1);
     app.cleanup().await;

@@ -4,14 +4,17 @@
 //! its own database and namespace (see `helpers`).
 
 mod helpers;
+mod smtp;
 
 mod async_jobs;
 mod auth;
 mod concurrency;
 mod credentials;
+mod credentials_email;
 mod dry_run;
 mod envelope;
 mod idempotency;
+mod import;
 mod ops;
 mod rate_limit;
 mod students;

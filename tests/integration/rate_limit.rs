@@ -7,7 +7,9 @@ use reqwest::StatusCode;
 
 use crate::helpers::*;
 
-const PER_MINUTE: u32 = 60;
+/// One request every 5 s once the burst is spent: slow enough that a loaded
+/// machine cannot refill the bucket between the burst's requests.
+const PER_MINUTE: u32 = 12;
 const BURST: u32 = 3;
 
 /// `r` and `t` of a `RateLimit: "default";r=<remaining>;t=<seconds>` header.

@@ -50,7 +50,11 @@ async fn the_example_payload_creates_two_students() {
         let result = &results[index];
         assert_eq!(result["externalReferenceId"], *reference);
         assert_eq!(result["status"], "created");
-        assert_eq!(result["credentialsEmail"], "queued");
+        // The mailer may already have sent it (live outbox state).
+        assert!(
+            ["queued", "sent"].contains(&result["credentialsEmail"].as_str().unwrap_or_default()),
+            "{result}"
+        );
         assert!(result.get("errors").is_none(), "{result}");
         let id = result["studentId"].as_str().unwrap();
         let student = app.get_json(&format!("/v3/students/{id}")).await;

@@ -35,6 +35,9 @@ pub async fn handle(worker: &Worker, delivery: Delivery, stop: watch::Receiver<b
                 .increment(message.items.len() as u64);
             publish(worker, &message, &view).await;
             ack(&delivery, job_id).await;
+            if view.awaits_credentials_emails() {
+                worker.mail_wakeup.notify_one();
+            }
         }
         Some(Ok(Outcome::AlreadyFinished)) => {
             tracing::info!(%job_id, "redelivered batch already finished; acking");

@@ -1,10 +1,13 @@
 //! Student Sync worker: consumes batch messages from RabbitMQ and applies them to
-//! Postgres through the core engine, then publishes results to Redis. Any number
-//! of worker processes may run on any host; they share the work through the queue.
+//! Postgres through the core engine, then publishes results to Redis; and sends
+//! the credentials emails those batches queued (`mailer`). Any number of worker
+//! processes may run on any host; they share the batches through the queue and
+//! the emails through the outbox table.
 
 mod consumer;
 mod dead_letters;
 mod handler;
+mod mailer;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,7 +16,7 @@ use std::time::Duration;
 use studentsync::config::Config;
 use studentsync::queue::Topology;
 use studentsync::results::{self, ResultsStore};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 /// Shared by every batch this process handles.
 pub(crate) struct Worker {
@@ -21,6 +24,8 @@ pub(crate) struct Worker {
     pub results: ResultsStore,
     pub config: Config,
     pub topology: Topology,
+    /// Wakes this process's mailer when a batch queued credentials emails.
+    pub mail_wakeup: Arc<Notify>,
 }
 
 /// Runs a worker until `shutdown` resolves; then stops consuming, finishes the
@@ -42,8 +47,17 @@ pub async fn run(
         pool,
         results: ResultsStore::new(redis, &config.namespace),
         topology: Topology::from_config(&config),
+        mail_wakeup: Arc::new(Notify::new()),
         config,
     });
+    let mut mailers = mailer::spawn(
+        worker.pool.clone(),
+        worker.results.clone(),
+        worker.config.mail.clone(),
+        worker.config.smtp_url.as_deref(),
+        worker.mail_wakeup.clone(),
+        stop.clone(),
+    )?;
     tracing::info!(
         concurrency = worker.config.worker_concurrency,
         prefetch = worker.config.worker_prefetch,
@@ -53,6 +67,8 @@ pub async fn run(
     let maintenance = tokio::spawn(purge_expired_jobs(worker.clone(), stop.clone()));
     consumer::supervise(worker.clone(), stop).await;
     maintenance.abort();
+    // The mailers saw the same stop; an email in flight gets a short grace.
+    while mailers.join_next().await.is_some() {}
     worker.pool.close().await;
     tracing::info!("worker stopped");
     Ok(())

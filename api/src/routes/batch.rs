@@ -23,6 +23,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::error::{ApiError, Problem, ProblemCode};
 use crate::extract::{Caller, JsonBody};
+use crate::ratelimit;
 use crate::wait::{self, PREFERENCE_APPLIED, Preferences, Waited};
 
 pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -140,6 +141,8 @@ pub struct StudentInput {
         (status = 413, description = "`payload_too_large`: the body is larger than 5 MiB.", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "`unsupported_media_type`: `Content-Type` is not JSON.", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`invalid_request` (envelope problems, with `errors`; or an empty or over-long Idempotency-Key), `batch_empty`, `batch_too_large` (over 1000 students) or `idempotency_key_reused`.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`: the API key's request rate (`RateLimit-Policy` member `\"default\"`), or the school's budget of students per minute in batches (`SCHOOL_STUDENTS_PER_MINUTE`, shared by all its keys; the answer then adds a `\"school\"` member to `RateLimit-Policy` and `RateLimit`), is exhausted. Nothing was recorded; retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds after which this request fits the limit."))),
         (status = 500, description = "`job_failed`: the batch could not be processed at all; the problem has the job's `detail` and a `jobId` member. (`internal` for unexpected errors.)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "`unavailable`: the queue is unreachable or full, or the job could not be recorded; nothing was enqueued. `Retry-After` is set.", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
@@ -158,6 +161,16 @@ pub async fn batch_upsert(
     let idempotency_key = idempotency_key(&headers)?;
     let preferences = Preferences::from_headers(&headers);
     let school_id = principal.school_id;
+    if let Some(refused) = charge_school_budget(
+        &state,
+        school_id,
+        idempotency_key.as_deref(),
+        students.len(),
+    )
+    .await?
+    {
+        return Ok(refused);
+    }
 
     let items = validate::validate_items(students);
     let total = items.len();
@@ -223,6 +236,32 @@ pub async fn batch_upsert(
             Ok(wait_and_answer(&state, school_id, job_id, &preferences).await)
         }
     }
+}
+
+/// Takes the batch's items from the school's students-per-minute budget; the
+/// 429 to answer when it is exhausted. A request that replays a live job (same
+/// Idempotency-Key) is not charged: it processes nothing.
+async fn charge_school_budget(
+    state: &AppState,
+    school_id: Uuid,
+    idempotency_key: Option<&str>,
+    students: usize,
+) -> Result<Option<Response>, ApiError> {
+    if let Some(key) = idempotency_key
+        && jobs::holds_idempotency_key(&state.pool, school_id, key).await?
+    {
+        return Ok(None);
+    }
+    let decision = state.limiter.charge_students(school_id, students).await;
+    if decision.allowed {
+        return Ok(None);
+    }
+    tracing::info!(%school_id, students, retry_after = decision.retry_after_secs, "school student budget exhausted");
+    Ok(Some(ratelimit::school_budget_exceeded(
+        state.limiter.per_school(),
+        students,
+        decision,
+    )))
 }
 
 /// SHA-256 of the parsed body. `serde_json`'s map is ordered by key (the
