@@ -37,6 +37,22 @@ if [[ "${STUDENTSYNC_SKIP_SERVICES:-0}" != "1" ]]; then
     ensure_services
 fi
 
+# A wildcard bind address is reached on loopback.
+host_port="$BIND_ADDR"
+host_port="${host_port/#0.0.0.0:/127.0.0.1:}"
+host_port="${host_port/#\[::\]:/[::1]:}"
+url="http://$host_port"
+port_open() {
+    timeout 1 bash -c "</dev/tcp/${host_port%:*}/${host_port##*:}" 2>/dev/null
+}
+port_in_use() {
+    if port_open; then
+        log "BIND_ADDR $BIND_ADDR is already in use by another process; choose another, e.g. BIND_ADDR=127.0.0.1:8081 $0"
+        exit 1
+    fi
+}
+port_in_use
+
 log "building release binaries"
 cargo build --release --workspace --bins
 
@@ -87,16 +103,12 @@ start() {
     pids+=("$!")
 }
 
+# Checked again: the build may have taken minutes.
+port_in_use
 start api "$bin/studentsync-api"
 for i in $(seq 1 "$workers"); do
     start "worker-$i" "$bin/studentsync-worker"
 done
-
-# A wildcard bind address is reached on loopback.
-host_port="$BIND_ADDR"
-host_port="${host_port/#0.0.0.0:/127.0.0.1:}"
-host_port="${host_port/#\[::\]:/[::1]:}"
-url="http://$host_port"
 
 ready=0
 for _ in $(seq 1 60); do
@@ -105,7 +117,7 @@ for _ in $(seq 1 60); do
             ready=1
             break
         fi
-    elif timeout 1 bash -c "</dev/tcp/${host_port%:*}/${host_port##*:}" 2>/dev/null; then
+    elif port_open; then
         ready=1
         break
     fi
@@ -115,6 +127,14 @@ for _ in $(seq 1 60); do
     sleep 0.5
 done
 
+# Whoever answered must be our API, not something that took the port meanwhile
+# (an API that failed to bind exits at once).
+if ((ready)); then
+    sleep 0.5
+    if ! kill -0 "${pids[0]}" 2>/dev/null; then
+        ready=0
+    fi
+fi
 if ((ready)); then
     cat >&2 <<READY
 [dev] ==========================================================================

@@ -52,6 +52,12 @@ pub enum BatchItem {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         external_reference_id: Option<String>,
         errors: Vec<ItemError>,
+        /// Set when the item's `externalReferenceId` is valid and unique in the
+        /// batch, so that the errors only the stored data can reveal (`archived`,
+        /// `required_on_create`) are still reported with the others: the names of
+        /// the fields required on create that the item does not carry.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lacks_on_create: Option<Vec<String>>,
     },
 }
 

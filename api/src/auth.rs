@@ -1,6 +1,8 @@
 //! Authentication middleware. School routes take `Authorization: Bearer <apiKey>`,
-//! looked up in Postgres on every request (no cache, so a revoked key stops
-//! working at once) and put into the request as a [`Principal`]. Admin routes
+//! looked up (by its SHA-256) in Postgres on every request (no cache, so a
+//! revoked key stops working at once on every instance) and put into the
+//! request as a [`Principal`]; a value that does not have the shape of a key
+//! (`sk_` + 43 base64url characters) is refused without a query. Admin routes
 //! take `Bearer $ADMIN_TOKEN`, compared in constant time; while no admin token is
 //! configured they answer 404 as if they did not exist. Keys and tokens are never
 //! logged.

@@ -34,8 +34,7 @@ pub async fn limit_body(request: Request, next: Next) -> Response {
     if declared_length(request.headers()).is_some_and(|length| length > MAX_BODY_BYTES as u64) {
         return too_large().into_response();
     }
-    let request =
-        request.map(|body| Body::new(http_body_util::Limited::new(body, MAX_BODY_BYTES)));
+    let request = request.map(|body| Body::new(http_body_util::Limited::new(body, MAX_BODY_BYTES)));
     next.run(request).await
 }
 
@@ -70,8 +69,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 "the request body must be JSON (Content-Type: application/json)",
             ));
         }
-        if declared_length(request.headers()).is_some_and(|length| length > MAX_BODY_BYTES as u64)
-        {
+        if declared_length(request.headers()).is_some_and(|length| length > MAX_BODY_BYTES as u64) {
             return Err(too_large());
         }
         let bytes = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
@@ -354,7 +352,10 @@ mod tests {
         );
         let response = call(Body::from_stream(chunks), None).await.unwrap();
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
-        assert_eq!(response.headers()[header::CONTENT_TYPE], crate::error::PROBLEM_JSON);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            crate::error::PROBLEM_JSON
+        );
         // Refused on the declaration alone: the body is never polled.
         let never = futures_util::stream::pending::<Result<Vec<u8>, std::io::Error>>();
         let response = call(Body::from_stream(never), Some("5242881"))

@@ -1,11 +1,15 @@
 //! The OpenAPI 3.1 document, generated from the handlers' `#[utoipa::path]`
 //! attributes and the types' `ToSchema` derives. A modifier adds what every
 //! operation of a kind shares: the security schemes, 401 / 429 / 500 / 503
-//! answers, the rate-limit headers, and the service-wide description.
+//! answers, the rate-limit headers, and the service-wide description; and what
+//! the attributes cannot say: the `Idempotency-Key` header's constraints and
+//! the links from a response to the operations that take its ids (so that
+//! clients and generators such as schemathesis can follow them).
 
 use std::sync::OnceLock;
 
 use utoipa::openapi::header::{Header, HeaderBuilder};
+use utoipa::openapi::link::LinkBuilder;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -124,7 +128,100 @@ impl Modify for Shared {
                 } else if path.starts_with("/v3/") {
                     school_responses(operation);
                 }
+                idempotency_key_schema(operation);
+                add_links(operation);
             }
+        }
+    }
+}
+
+/// `Idempotency-Key`: 1 to 255 visible ASCII characters (a header value is
+/// trimmed, so it neither starts nor ends with a space).
+fn idempotency_key_schema(operation: &mut Operation) {
+    for parameter in operation.parameters.iter_mut().flatten() {
+        let RefOr::T(parameter) = parameter else {
+            continue;
+        };
+        if parameter.name == "Idempotency-Key" {
+            parameter.schema = Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(1))
+                    .max_length(Some(crate::routes::batch::MAX_IDEMPOTENCY_KEY_CHARS))
+                    .pattern(Some("^[!-~]([ -~]*[!-~])?$"))
+                    .into(),
+            );
+        }
+    }
+}
+
+/// A link: (target operation id, its parameter, a runtime expression).
+type LinkTo = (&'static str, &'static str, String);
+
+/// Links (OpenAPI 3.1 §4.8.20) from answers to the operations taking their ids.
+fn add_links(operation: &mut Operation) {
+    let student = |expression: &str| {
+        [
+            ("getStudent", "studentId", expression.to_string()),
+            ("archiveStudent", "studentId", expression.to_string()),
+            ("unarchiveStudent", "studentId", expression.to_string()),
+        ]
+    };
+    let links: Vec<(&str, Vec<LinkTo>)> =
+        match operation.operation_id.as_deref().unwrap_or_default() {
+            "batchUpsertStudents" => {
+                let mut finished = vec![("getJob", "jobId", "$response.body#/jobId".to_string())];
+                finished.extend(student("$response.body#/results/0/studentId"));
+                vec![
+                    ("200", finished.clone()),
+                    ("207", finished),
+                    (
+                        "202",
+                        vec![("getJob", "jobId", "$response.body#/jobId".to_string())],
+                    ),
+                ]
+            }
+            "getJob" => vec![("200", student("$response.body#/results/0/studentId").into())],
+            "listJobs" => vec![(
+                "200",
+                vec![(
+                    "getJob",
+                    "jobId",
+                    "$response.body#/jobs/0/jobId".to_string(),
+                )],
+            )],
+            "listStudents" => vec![("200", student("$response.body#/students/0/id").into())],
+            "getStudent" | "archiveStudent" | "unarchiveStudent" => {
+                vec![("200", student("$response.body#/id").into())]
+            }
+            "createSchool" => vec![(
+                "201",
+                vec![(
+                    "createApiKey",
+                    "schoolId",
+                    "$response.body#/schoolId".to_string(),
+                )],
+            )],
+            "createApiKey" => vec![(
+                "201",
+                vec![(
+                    "revokeApiKey",
+                    "apiKeyId",
+                    "$response.body#/apiKeyId".to_string(),
+                )],
+            )],
+            _ => Vec::new(),
+        };
+    for (status, targets) in links {
+        let Some(RefOr::T(response)) = operation.responses.responses.get_mut(status) else {
+            continue;
+        };
+        for (target, parameter, expression) in targets {
+            let link = LinkBuilder::new()
+                .operation_id(target)
+                .parameter(parameter, expression)
+                .build();
+            response.links.insert(target.to_string(), RefOr::T(link));
         }
     }
 }
@@ -303,5 +400,47 @@ mod tests {
         assert!(problem.get(PROBLEM_JSON).is_some());
         assert!(document["components"]["securitySchemes"]["apiKey"].is_object());
         assert!(document["components"]["schemas"]["JobView"].is_object());
+
+        let batch = &paths["/v3/students/batch-upsert"]["post"];
+        let link = &batch["responses"]["200"]["links"]["getStudent"];
+        assert_eq!(link["operationId"], "getStudent");
+        assert_eq!(
+            link["parameters"]["studentId"],
+            "$response.body#/results/0/studentId"
+        );
+        let key = batch["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|parameter| parameter["name"] == "Idempotency-Key")
+            .unwrap();
+        assert_eq!(key["schema"]["maxLength"], 255);
+        // Every link names an operation that exists.
+        let ids: Vec<&str> = paths
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values())
+            .filter_map(|operation| operation["operationId"].as_str())
+            .collect();
+        for item in paths.as_object().unwrap().values() {
+            for operation in item.as_object().unwrap().values() {
+                for response in operation["responses"].as_object().into_iter().flatten() {
+                    for link in response.1["links"].as_object().into_iter().flatten() {
+                        let target = link.1["operationId"].as_str().unwrap();
+                        assert!(ids.contains(&target), "link to {target}");
+                    }
+                }
+            }
+        }
+        // A page and a lookup are told apart.
+        let schemas = &document["components"]["schemas"];
+        assert_eq!(schemas["StudentLookup"]["additionalProperties"], false);
+        assert!(
+            schemas["StudentPage"]["required"]
+                .as_array()
+                .unwrap()
+                .contains(&serde_json::json!("nextCursor"))
+        );
     }
 }

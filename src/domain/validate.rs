@@ -224,10 +224,32 @@ impl CheckedItem {
                     patch: self.patch,
                 })
             }
-            id => BatchItem::Rejected {
-                external_reference_id: id,
-                errors: self.errors,
-            },
+            id => {
+                let matchable = self.id_valid
+                    && !self
+                        .errors
+                        .iter()
+                        .any(|error| error.code == ItemErrorCode::DuplicateInBatch);
+                let lacks_on_create = matchable.then(|| {
+                    let lacks = |field: StudentField, patch: &Patch<String>| {
+                        let suffix = format!("/{}", field.name());
+                        let mentioned = self.errors.iter().any(|e| e.pointer.ends_with(&suffix));
+                        (patch.is_keep() && !mentioned).then(|| field.name().to_string())
+                    };
+                    [
+                        lacks(StudentField::FirstName, &self.patch.first_name),
+                        lacks(StudentField::LastName, &self.patch.last_name),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect()
+                });
+                BatchItem::Rejected {
+                    external_reference_id: id,
+                    errors: self.errors,
+                    lacks_on_create,
+                }
+            }
         }
     }
 }

@@ -58,11 +58,7 @@ fn plan_create(index: usize, command: &UpsertCommand) -> Plan {
     let mut required = |field: StudentField, value: &Patch<String>| match value {
         Patch::Set(value) => Some(value.clone()),
         Patch::Keep | Patch::Clear => {
-            errors.push(ItemError::new(
-                ItemErrorCode::RequiredOnCreate,
-                field_pointer(index, field.name()),
-                "is required to create a student",
-            ));
+            errors.push(required_on_create(index, field.name()));
             None
         }
     };
@@ -94,11 +90,7 @@ fn plan_update(
     allow_unarchive: bool,
 ) -> Plan {
     if stored.archived && !allow_unarchive {
-        return Plan::Fail(vec![ItemError::new(
-            ItemErrorCode::Archived,
-            field_pointer(index, "externalReferenceId"),
-            "the student is archived; set options.allowUnarchive to unarchive and update it",
-        )]);
+        return Plan::Fail(vec![archived(index)]);
     }
     let patch = &command.patch;
     let mut row = stored.clone();
@@ -153,6 +145,43 @@ fn plan_update(
             changed,
             unarchived,
         }
+    }
+}
+
+/// Item `index` would create a student but lacks `field`.
+pub fn required_on_create(index: usize, field: &str) -> ItemError {
+    ItemError::new(
+        ItemErrorCode::RequiredOnCreate,
+        field_pointer(index, field),
+        "is required to create a student",
+    )
+}
+
+/// Item `index` matches an archived student and unarchiving was not allowed.
+pub fn archived(index: usize) -> ItemError {
+    ItemError::new(
+        ItemErrorCode::Archived,
+        field_pointer(index, "externalReferenceId"),
+        "the student is archived; set options.allowUnarchive to unarchive and update it",
+    )
+}
+
+/// The errors only the stored data reveals, for an item that already failed
+/// validation but whose key is valid: `archived`, or `required_on_create` for
+/// each name in `lacks_on_create` when there is no match.
+pub fn stored_data_errors(
+    index: usize,
+    existing: Option<&StudentRow>,
+    lacks_on_create: &[String],
+    allow_unarchive: bool,
+) -> Vec<ItemError> {
+    match existing {
+        Some(row) if row.archived && !allow_unarchive => vec![archived(index)],
+        Some(_) => Vec::new(),
+        None => lacks_on_create
+            .iter()
+            .map(|field| required_on_create(index, field))
+            .collect(),
     }
 }
 

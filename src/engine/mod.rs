@@ -81,13 +81,19 @@ async fn apply_items(
     let write = !options.dry_run;
     let mut results: Vec<Option<ItemResult>> = vec![None; message.items.len()];
     let mut pending: Vec<(usize, &UpsertCommand)> = Vec::with_capacity(message.items.len());
+    // Rejected items whose key is valid: still checked against the stored data.
+    let mut matchable: Vec<(usize, &str, &[String])> = Vec::new();
     for (index, item) in message.items.iter().enumerate() {
         match item {
             BatchItem::Upsert(command) => pending.push((index, command)),
             BatchItem::Rejected {
                 external_reference_id,
                 errors,
+                lacks_on_create,
             } => {
+                if let (Some(key), Some(lacks)) = (external_reference_id, lacks_on_create) {
+                    matchable.push((index, key.as_str(), lacks.as_slice()));
+                }
                 results[index] = Some(ItemResult::failed(
                     index,
                     external_reference_id.clone(),
@@ -100,6 +106,7 @@ async fn apply_items(
     let keys: Vec<&str> = pending
         .iter()
         .map(|(_, command)| command.external_reference_id.as_str())
+        .chain(matchable.iter().map(|(_, key, _)| *key))
         .collect();
     let mut stored: HashMap<String, StudentRow> =
         sql::load_matches(conn, message.school_id, &keys, write)
@@ -107,6 +114,18 @@ async fn apply_items(
             .into_iter()
             .map(|row| (row.external_reference_id.clone(), row))
             .collect();
+
+    for (index, key, lacks) in matchable {
+        let found = classify::stored_data_errors(
+            index,
+            stored.get(key),
+            lacks,
+            options.allow_unarchive,
+        );
+        if let Some(Some(errors)) = results[index].as_mut().map(|r| r.errors.as_mut()) {
+            errors.extend(found);
+        }
+    }
 
     let mut updates: Vec<StudentRow> = Vec::new();
     let mut recipients: Vec<(Uuid, String)> = Vec::new();

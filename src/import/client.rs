@@ -4,7 +4,10 @@
 //!   `Prefer: wait=N` (`--wait`, default 60); a 202 (the job outlived the wait) is followed by polling
 //!   `GET /v3/jobs/{jobId}`, honouring `Retry-After`.
 //! - 429 waits for `Retry-After` and tries again, without limit (being rate
-//!   limited is normal at full speed).
+//!   limited — per key, or by the school's students-per-minute budget — is normal
+//!   at full speed). The wait is shared: every request holds back until the
+//!   latest `Retry-After` has passed (plus jitter), so concurrent batches do not
+//!   keep knocking and spend the key's request budget on refusals.
 //! - 502/503/504 and network errors (refused, reset, timed out) are retried with
 //!   exponential backoff and jitter (`Retry-After` is a lower bound); after
 //!   `--max-retries` the import stops: the server is unreachable. A 500 is retried
@@ -17,12 +20,14 @@
 //! strings, unknown fields ignored), so a newer server with a new error code does
 //! not break an older command.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use serde::Deserialize;
+use tokio::time::Instant;
 
 /// Per request, on top of the wait asked for: margin for a slow upload.
 const REQUEST_MARGIN: Duration = Duration::from_secs(60);
@@ -41,6 +46,8 @@ pub struct Api {
     max_retries: u32,
     /// `Prefer: wait=N`.
     prefer: String,
+    /// No request before this instant (the latest 429's `Retry-After`).
+    hold_until: Arc<Mutex<Option<Instant>>>,
 }
 
 /// A job body (`200`/`207`, or `GET /v3/jobs/{id}`), leniently.
@@ -170,6 +177,7 @@ impl Api {
             key: key.to_string(),
             max_retries,
             prefer: format!("wait={}", wait.as_secs()),
+            hold_until: Arc::default(),
         })
     }
 
@@ -259,6 +267,7 @@ impl Api {
     ) -> anyhow::Result<Reply> {
         let mut failures = 0u32;
         loop {
+            self.hold().await;
             let outcome = match request().bearer_auth(&self.key).send().await {
                 Ok(response) => {
                     let status = response.status();
@@ -274,8 +283,7 @@ impl Api {
             let (problem, retry_after) = match outcome {
                 Ok(reply) => match reply.status {
                     StatusCode::TOO_MANY_REQUESTS => {
-                        tokio::time::sleep(reply.retry_after().unwrap_or(Duration::from_secs(1)))
-                            .await;
+                        self.hold_for(reply.retry_after().unwrap_or(Duration::from_secs(1)));
                         continue;
                     }
                     StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
@@ -305,6 +313,29 @@ impl Api {
             }
             let pause = backoff(failures).max(retry_after.unwrap_or_default());
             tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+impl Api {
+    /// Waits while a rate limit holds every request back, then a random stagger
+    /// (up to 250 ms) so held requests do not all leave at once.
+    async fn hold(&self) {
+        let until = *self.hold_until.lock().expect("hold lock");
+        if let Some(until) = until
+            && until > Instant::now()
+        {
+            tokio::time::sleep_until(until).await;
+            tokio::time::sleep(Duration::from_millis(rand::random_range(0..250))).await;
+        }
+    }
+
+    /// Holds every request back for `pause` from now (or longer, if already held).
+    fn hold_for(&self, pause: Duration) {
+        let until = Instant::now() + pause;
+        let mut hold = self.hold_until.lock().expect("hold lock");
+        if hold.is_none_or(|current| current < until) {
+            *hold = Some(until);
         }
     }
 }

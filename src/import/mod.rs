@@ -68,8 +68,9 @@ pub struct ImportArgs {
     /// Students per request.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub batch_size: u16,
-    /// Requests in flight at once.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// Requests in flight at once (enough to keep the workers busy while
+    /// answers travel back).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub concurrency: u16,
     /// Unarchive (and update) archived students the file names; without it they fail (`archived`).
     #[arg(long)]

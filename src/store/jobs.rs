@@ -243,7 +243,7 @@ pub async fn list(
     after: Option<JobCursor>,
 ) -> Result<Vec<JobRecord>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, status, dry_run, body_fingerprint, summary, NULL::jsonb AS results, error,
+        "SELECT id, status, dry_run, body_fingerprint, summary, NULL::json AS results, error,
                 created_at, completed_at, expires_at
          FROM jobs
          WHERE school_id = $1
@@ -300,14 +300,16 @@ pub async fn complete(
         DateTime<Utc>,
         DateTime<Utc>,
     ) = sqlx::query_as(
-        "UPDATE jobs SET status = 'completed', summary = $2, results = $3,
+        "UPDATE jobs SET status = 'completed', summary = $2, results = $3::json,
                 completed_at = now(), expires_at = now() + make_interval(days => $4)
          WHERE id = $1
          RETURNING dry_run, created_at, completed_at, expires_at",
     )
     .bind(job_id)
     .bind(Json(summary))
-    .bind(Json(&results))
+    // As text, cast to `json`: a `jsonb` value could not hold `\u0000`, which
+    // results may echo from the request.
+    .bind(serde_json::to_string(&results).map_err(|error| sqlx::Error::Encode(error.into()))?)
     .bind(RESULT_RETENTION_DAYS as i32)
     .fetch_one(conn)
     .await?;

@@ -25,6 +25,18 @@ pub fn generate_key() -> String {
     format!("{KEY_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes))
 }
 
+/// Whether `presented` has the shape of a key this service issues (`sk_` and
+/// 43 base64url characters). Anything else cannot be a key: it is refused
+/// without asking the database.
+pub fn is_well_formed(presented: &str) -> bool {
+    presented.strip_prefix(KEY_PREFIX).is_some_and(|rest| {
+        rest.len() == 43
+            && rest
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+    })
+}
+
 /// The stored form of a key.
 pub fn hash_key(plaintext: &str) -> Vec<u8> {
     Sha256::digest(plaintext.as_bytes()).to_vec()
@@ -99,6 +111,9 @@ pub async fn authenticate(
     pool: &PgPool,
     presented: &str,
 ) -> Result<Option<Principal>, sqlx::Error> {
+    if !is_well_formed(presented) {
+        return Ok(None);
+    }
     let row: Option<(Uuid, Uuid)> = sqlx::query_as(
         "SELECT school_id, id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
     )
@@ -124,5 +139,22 @@ mod tests {
         assert_eq!(a.len(), KEY_PREFIX.len() + 43);
         assert_eq!(hash_key(&a).len(), 32);
         assert_ne!(hash_key(&a), hash_key(&b));
+        assert!(is_well_formed(&a) && is_well_formed(&b));
+    }
+
+    #[test]
+    fn malformed_keys_are_recognised() {
+        let key = generate_key();
+        for bad in [
+            String::new(),
+            "sk_".to_string(),
+            key[..key.len() - 1].to_string(),
+            format!("{key}x"),
+            key.replacen("sk_", "pk_", 1),
+            format!("sk_{}", "a".repeat(42) + "="),
+            format!("sk_{}", "é".repeat(21) + "a"),
+        ] {
+            assert!(!is_well_formed(&bad), "{bad:?}");
+        }
     }
 }

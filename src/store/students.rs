@@ -43,6 +43,11 @@ pub async fn find_by_external_reference(
     external_reference_id: &str,
     archived: Option<bool>,
 ) -> Result<Option<StudentRow>, sqlx::Error> {
+    // Postgres text cannot hold NUL (binding it is an error), so no stored key
+    // has one: nothing to look up.
+    if external_reference_id.contains('\0') {
+        return Ok(None);
+    }
     sqlx::query_as(concat!(
         "SELECT ",
         student_read_columns!(),

@@ -145,3 +145,122 @@ async fn the_school_is_never_taken_from_the_body() {
     assert_eq!(in_b, 0);
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursors_filters_archive_switches_and_idempotency_keys_stay_in_their_school() {
+    let app = spawn_app().await;
+    let (_, key_b) = app.create_school("School B").await;
+    let as_b = |method: reqwest::Method, path: &str| {
+        app.client
+            .request(method, app.url(path))
+            .bearer_auth(&key_b)
+    };
+
+    // School A: three students from a keyed batch, one of them archived.
+    let body_a = batch(vec![student("t-1"), student("t-2"), student("t-3")]).to_string();
+    let job_a = send(
+        app.batch_request(&serde_json::from_str(&body_a).unwrap())
+            .header("Idempotency-Key", "nightly-sync"),
+    )
+    .await;
+    assert_eq!(job_a.status, StatusCode::OK, "{}", job_a.body);
+    let a_ids: Vec<String> = job_a.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["studentId"].as_str().unwrap().to_string())
+        .collect();
+    let archived = app
+        .post(&format!("/v3/students/{}/archive", a_ids[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(archived.status(), StatusCode::OK);
+
+    // B reuses A's Idempotency-Key with A's exact body: a different key in
+    // B's school, so a new job with B's own students, not a replay.
+    let job_b = send(
+        as_b(reqwest::Method::POST, "/v3/students/batch-upsert")
+            .header("Content-Type", "application/json")
+            .header("Idempotency-Key", "nightly-sync")
+            .body(body_a.clone()),
+    )
+    .await;
+    assert_eq!(job_b.status, StatusCode::OK, "{}", job_b.body);
+    assert_ne!(job_b.body["jobId"], job_a.body["jobId"]);
+    assert_eq!(job_b.header("idempotent-replayed"), None);
+    assert_eq!(job_b.body["summary"]["created"], 3, "{}", job_b.body);
+    // ...and A's key still replays A's job for A.
+    let replay_a = send(
+        app.batch_request(&serde_json::from_str(&body_a).unwrap())
+            .header("Idempotency-Key", "nightly-sync"),
+    )
+    .await;
+    assert_eq!(replay_a.body["jobId"], job_a.body["jobId"]);
+    assert_eq!(
+        replay_a.header("idempotent-replayed").as_deref(),
+        Some("true")
+    );
+
+    // B's archive switches do not reach A's students.
+    for (action, id) in [("unarchive", &a_ids[0]), ("archive", &a_ids[1])] {
+        let reply = send(as_b(
+            reqwest::Method::POST,
+            &format!("/v3/students/{id}/{action}"),
+        ))
+        .await;
+        assert_problem(&reply, StatusCode::NOT_FOUND, "not_found");
+    }
+    let first = app.get_json(&format!("/v3/students/{}", a_ids[0])).await;
+    assert_eq!(first.body["archived"], true, "still archived");
+    let second = app.get_json(&format!("/v3/students/{}", a_ids[1])).await;
+    assert_eq!(second.body["archived"], false, "still active");
+
+    // A's cursors page through B's data only, when B presents them.
+    let page_a = app.get_json("/v3/students?limit=1").await;
+    let cursor = page_a.body["nextCursor"]
+        .as_str()
+        .expect("a next page")
+        .to_string();
+    let page_b = send(as_b(
+        reqwest::Method::GET,
+        &format!("/v3/students?limit=500&cursor={}", encode(&cursor)),
+    ))
+    .await;
+    assert_eq!(page_b.status, StatusCode::OK, "{}", page_b.body);
+    for student in page_b.body["students"].as_array().unwrap() {
+        assert!(!a_ids.contains(&student["id"].as_str().unwrap().to_string()));
+    }
+    let jobs_a = app.get_json("/v3/jobs?limit=1").await;
+    assert_eq!(jobs_a.body["jobs"].as_array().unwrap().len(), 1);
+    let all_b = send(as_b(reqwest::Method::GET, "/v3/jobs?limit=500")).await;
+    let b_jobs: Vec<&str> = all_b.body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| job["jobId"].as_str().unwrap())
+        .collect();
+    assert_eq!(b_jobs, [job_b.body["jobId"].as_str().unwrap()]);
+    for filter in ["status=completed", "status=queued", "limit=1"] {
+        let reply = send(as_b(reqwest::Method::GET, &format!("/v3/jobs?{filter}"))).await;
+        for job in reply.body["jobs"].as_array().unwrap() {
+            assert_ne!(job["jobId"], job_a.body["jobId"], "{filter}");
+        }
+    }
+    // Filters and lookups by key, archived or not, see only B's own.
+    for query in [
+        "archived=true",
+        "archived=false",
+        "externalReferenceId=t-1&archived=true",
+    ] {
+        let reply = send(as_b(reqwest::Method::GET, &format!("/v3/students?{query}"))).await;
+        for student in reply.body["students"].as_array().unwrap() {
+            assert!(
+                !a_ids.contains(&student["id"].as_str().unwrap().to_string()),
+                "{query}"
+            );
+            assert_eq!(student["archived"], false, "{query}: B archived nothing");
+        }
+    }
+    app.cleanup().await;
+}

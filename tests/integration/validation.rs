@@ -130,17 +130,25 @@ async fn a_nul_in_the_external_reference_id_fails_only_that_item() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_item_reports_format_errors_and_required_on_create_together() {
+async fn format_errors_and_stored_data_errors_are_reported_together() {
     let app = spawn_app().await;
-    app.upsert_ok(&batch(vec![student("known")])).await;
+    let job = app
+        .upsert_ok(&batch(vec![student("known"), student("archived")]))
+        .await;
+    let archived_id = job["results"][1]["studentId"].as_str().unwrap();
+    let reply = send(app.post(&format!("/v3/students/{archived_id}/archive"))).await;
+    assert_eq!(reply.status, StatusCode::OK);
+
     let job = app
         .upsert_ok(&batch(vec![
             json!({"externalReferenceId": "unknown", "email": "x"}),
             json!({"externalReferenceId": "known", "email": "x"}),
+            json!({"externalReferenceId": "archived", "email": "x"}),
         ]))
         .await;
-    // "An item reports all of its errors": the missing names of a new student
-    // are errors of that item just like its bad email.
+    // "An item reports all of its errors": what only the stored data reveals
+    // (a new student's missing names, an archived match) is reported next to
+    // the errors validation finds on its own.
     assert_item_errors(
         &job,
         0,
@@ -152,6 +160,14 @@ async fn a_new_item_reports_format_errors_and_required_on_create_together() {
     );
     // A matched student does not need the names.
     assert_item_errors(&job, 1, &[("invalid_format", "/students/1/email")]);
+    assert_item_errors(
+        &job,
+        2,
+        &[
+            ("invalid_format", "/students/2/email"),
+            ("archived", "/students/2/externalReferenceId"),
+        ],
+    );
     app.cleanup().await;
 }
 

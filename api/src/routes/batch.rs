@@ -33,6 +33,15 @@ pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 /// `Retry-After` of a 202: when polling the job is worth it.
 const POLL_AFTER: Duration = Duration::from_secs(2);
 
+/// One tag (documentation only): not blank, at most 35 characters.
+#[derive(Deserialize, ToSchema)]
+#[schema(
+    max_length = 35,
+    pattern = r"^[^\x00-\x08\x0B\x0C\x0E-\x1F]*[^\s\x00-\x1F][^\x00-\x08\x0B\x0C\x0E-\x1F]*$"
+)]
+#[allow(dead_code)]
+pub struct Tag(String);
+
 /// The 202 body: where to follow a job that is not finished yet.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -48,59 +57,94 @@ pub struct JobAccepted {
 /// every problem is reported with a pointer).
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "students": [
+        {"externalReferenceId": "SIS-1001", "externalReferenceType": "sis", "firstName": "Ada",
+         "lastName": "Lovelace", "email": "ada@example.edu", "tags": ["grade-10", "robotics"]},
+        {"externalReferenceId": "SIS-1002", "firstName": "Alan", "lastName": "Turing",
+         "email": "alan@example.edu", "phone": "+44 20 7946 0000", "photoUrl": null}
+    ],
+    "options": {"allowUnarchive": false, "onStudentCreated": {"sendCredentials": false, "newPasswordNeeded": true}, "dryRun": false}
+}))]
 #[allow(dead_code)]
 pub struct BatchUpsertRequest {
     /// 1 to 1000 students, each matched on `externalReferenceId`.
+    #[schema(min_items = 1, max_items = 1000)]
     students: Vec<StudentInput>,
+    /// Every option defaults to false; `null` is not an object (422).
     #[serde(default)]
-    options: Option<BatchOptions>,
+    options: BatchOptions,
 }
 
 /// One input item. Only the fields present change; `null` clears a nullable
 /// field. Lengths count Unicode scalar values; C0 control characters other than
-/// tab, CR and LF are refused.
+/// tab, CR and LF are refused (the `pattern`s say so; "not blank" means at
+/// least one character that is not whitespace).
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct StudentInput {
     /// Not blank; the key the student is matched on within the school.
-    #[schema(max_length = 64)]
+    #[schema(
+        max_length = 64,
+        pattern = r"^[^\x00-\x08\x0B\x0C\x0E-\x1F]*[^\s\x00-\x1F][^\x00-\x08\x0B\x0C\x0E-\x1F]*$"
+    )]
     external_reference_id: String,
     #[serde(default)]
-    #[schema(max_length = 30, required = false)]
+    #[schema(
+        max_length = 30,
+        required = false,
+        pattern = r"^[^\x00-\x08\x0B\x0C\x0E-\x1F]*$"
+    )]
     external_reference_type: String,
     /// Not blank; required when the student is created.
     #[serde(default)]
-    #[schema(max_length = 100, required = false)]
+    #[schema(
+        max_length = 100,
+        required = false,
+        pattern = r"^[^\x00-\x08\x0B\x0C\x0E-\x1F]*[^\s\x00-\x1F][^\x00-\x08\x0B\x0C\x0E-\x1F]*$"
+    )]
     first_name: String,
     /// Not blank; required when the student is created.
     #[serde(default)]
-    #[schema(max_length = 100, required = false)]
+    #[schema(
+        max_length = 100,
+        required = false,
+        pattern = r"^[^\x00-\x08\x0B\x0C\x0E-\x1F]*[^\s\x00-\x1F][^\x00-\x08\x0B\x0C\x0E-\x1F]*$"
+    )]
     last_name: String,
     /// A valid address.
     #[schema(max_length = 255, format = "email")]
     email: Option<String>,
-    #[schema(max_length = 20)]
+    #[schema(max_length = 20, pattern = r"^[^\x00-\x08\x0B\x0C\x0E-\x1F]*$")]
     phone: Option<String>,
     /// An absolute http(s) URL.
-    #[schema(max_length = 255, format = "uri")]
+    #[schema(
+        max_length = 255,
+        format = "uri",
+        pattern = r"^[hH][tT][tT][pP][sS]?://[^\s\\/]"
+    )]
     photo_url: Option<String>,
-    #[schema(max_length = 128)]
+    #[schema(max_length = 128, pattern = r"^[^\x00-\x08\x0B\x0C\x0E-\x1F]*$")]
     file_number: Option<String>,
-    #[schema(max_length = 160)]
+    #[schema(max_length = 160, pattern = r"^[^\x00-\x08\x0B\x0C\x0E-\x1F]*$")]
     curriculum_name: Option<String>,
-    #[schema(max_length = 64)]
+    #[schema(max_length = 64, pattern = r"^[^\x00-\x08\x0B\x0C\x0E-\x1F]*$")]
     company: Option<String>,
-    #[schema(max_length = 20)]
+    #[schema(max_length = 20, pattern = r"^[^\x00-\x08\x0B\x0C\x0E-\x1F]*$")]
     badge_id: Option<String>,
     /// Non-blank strings of at most 35 characters; at most 15 distinct tags;
     /// duplicates are kept once, in first order.
-    tags: Option<Vec<String>>,
+    tags: Option<Vec<Tag>>,
 }
 
 /// Create or update up to 1000 students.
 ///
-/// Each item is validated and applied on its own. By default the request waits
+/// Each item is validated and applied on its own, and reports all of its
+/// errors, up to 100 (only hostile input has more, e.g. hundreds of unknown
+/// fields or non-string tags: the 100th error's `detail` then says that further
+/// errors were left out). Every item counts against the school's budget of
+/// students per minute (see 429). By default the request waits
 /// (up to `Prefer: wait=N` seconds, default 30, at most 60) for the job and
 /// answers 200 (no item failed) or 207 (some or all failed) with the job body;
 /// `Prefer: respond-async` answers 202 at once. A job not finished in time is

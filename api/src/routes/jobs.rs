@@ -25,6 +25,7 @@ pub const DEFAULT_LIMIT: u32 = 100;
 pub struct JobList {
     pub jobs: Vec<JobView>,
     /// Pass as `cursor` for the next page; `null` on the last page.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 

@@ -29,12 +29,17 @@ pub enum StudentList {
 #[serde(rename_all = "camelCase")]
 pub struct StudentPage {
     pub students: Vec<StudentView>,
-    /// Pass as `cursor` for the next page; `null` on the last page.
+    /// Pass as `cursor` for the next page; `null` on the last page. Always
+    /// present in a page (that is what tells it from a lookup).
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 
-/// The student with the `externalReferenceId` asked for, if any.
+/// The student with the `externalReferenceId` asked for, if any. Never has
+/// `nextCursor` (documented as `additionalProperties: false`, so that a page
+/// and a lookup are told apart by the `oneOf`).
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct StudentLookup {
     /// Zero or one student.
     pub students: Vec<StudentView>,

@@ -53,7 +53,7 @@ impl Letter {
             text.push_str("You will be asked to choose a new password when you first log in.\n\n");
         }
         text.push_str(&format!(
-            "Keep this password to yourself. If you did not expect this email, \
+            "Keep this password to yourself. If you did not expect this email,\n\
              please contact {school}.\n\n{school}\n",
             school = self.school_name
         ));
@@ -168,7 +168,6 @@ mod tests {
     fn the_message_has_both_parts_and_a_stable_id() {
         let letter = letter(true);
         let raw = String::from_utf8(letter.build("Secret42Secret42").unwrap().formatted()).unwrap();
-        eprintln!("{raw}");
         assert!(
             raw.contains(
                 "Message-ID: <credentials-00000000-0000-0000-0000-000000000000@studentsync>"
