@@ -5,6 +5,7 @@
 //! left alone, which makes redelivery harmless.
 
 pub mod classify;
+pub mod isolate;
 pub mod sql;
 
 use std::collections::HashMap;
@@ -13,7 +14,8 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{StudentRow, UpsertCommand};
+use crate::domain::error::item_pointer;
+use crate::domain::{ItemError, ItemErrorCode, StudentRow, UpsertCommand};
 use crate::job::{BatchItem, BatchMessage, CredentialsEmail, ItemResult, ItemStatus, JobView};
 use crate::store::jobs;
 use classify::{NewStudent, Plan, classify};
@@ -116,18 +118,14 @@ async fn apply_items(
             .collect();
 
     for (index, key, lacks) in matchable {
-        let found = classify::stored_data_errors(
-            index,
-            stored.get(key),
-            lacks,
-            options.allow_unarchive,
-        );
+        let found =
+            classify::stored_data_errors(index, stored.get(key), lacks, options.allow_unarchive);
         if let Some(Some(errors)) = results[index].as_mut().map(|r| r.errors.as_mut()) {
             errors.extend(found);
         }
     }
 
-    let mut updates: Vec<StudentRow> = Vec::new();
+    let mut updates: Vec<(usize, &UpsertCommand, StudentRow)> = Vec::new();
     let mut recipients: Vec<(Uuid, String)> = Vec::new();
     // A create can lose a race against a concurrent batch creating the same key; the
     // losers are re-classified against the winner's row. Each round only handles the
@@ -156,7 +154,7 @@ async fn apply_items(
                         unarchived: unarchived.then_some(true),
                         ..success(index, command, ItemStatus::Updated, Some(row.id))
                     };
-                    updates.push(*row);
+                    updates.push((index, command, *row));
                     result
                 }
                 Plan::Unchanged { row } => {
@@ -175,10 +173,16 @@ async fn apply_items(
                 .map(|(_, _, id, student)| (*id, student))
                 .collect();
             let password_change = options.on_student_created.new_password_needed;
-            sql::insert_students(conn, message.school_id, &rows, password_change)
-                .await?
-                .into_iter()
-                .collect()
+            let school_id = message.school_id;
+            let inserted = isolate::isolate(conn, &rows, |conn, rows| {
+                Box::pin(sql::insert_students(conn, school_id, rows, password_change))
+            })
+            .await?;
+            for position in inserted.rejected {
+                let (index, command, _, _) = creates[position];
+                results[index] = Some(rejected_by_database(index, command));
+            }
+            inserted.accepted.into_iter().collect()
         } else {
             creates
                 .iter()
@@ -188,6 +192,9 @@ async fn apply_items(
 
         let mut lost: Vec<(usize, &UpsertCommand)> = Vec::new();
         for &(index, command, _, ref student) in &creates {
+            if results[index].is_some() {
+                continue; // rejected by the database
+            }
             let Some(student_id) = created.get(&student.external_reference_id) else {
                 lost.push((index, command));
                 continue;
@@ -222,8 +229,19 @@ async fn apply_items(
     }
 
     if write {
-        let rows: Vec<&StudentRow> = updates.iter().collect();
-        sql::update_students(conn, &rows).await?;
+        let rows: Vec<&StudentRow> = updates.iter().map(|(_, _, row)| row).collect();
+        let updated = isolate::isolate(conn, &rows, |conn, rows| {
+            Box::pin(async move {
+                sql::update_students(conn, rows)
+                    .await
+                    .map(|()| Vec::<()>::new())
+            })
+        })
+        .await?;
+        for position in updated.rejected {
+            let (index, command, _) = updates[position];
+            results[index] = Some(rejected_by_database(index, command));
+        }
         let recipients: Vec<(Uuid, &str)> = recipients
             .iter()
             .map(|(id, email)| (*id, email.as_str()))
@@ -249,6 +267,20 @@ async fn apply_items(
             })
         })
         .collect())
+}
+
+/// The result of an item whose row the database refused (see `isolate`).
+fn rejected_by_database(index: usize, command: &UpsertCommand) -> ItemResult {
+    let error = ItemError::new(
+        ItemErrorCode::InvalidFormat,
+        item_pointer(index),
+        "the database rejected this student's data",
+    );
+    ItemResult::failed(
+        index,
+        Some(command.external_reference_id.clone()),
+        vec![error],
+    )
 }
 
 fn success(

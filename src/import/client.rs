@@ -306,8 +306,9 @@ impl Api {
             };
             failures += 1;
             if failures > self.max_retries {
+                let attempts = if failures == 1 { "attempt" } else { "attempts" };
                 bail!(
-                    "{what}: {} did not answer after {failures} attempts; last: {problem}",
+                    "{what}: {} did not answer after {failures} {attempts}; last: {problem}",
                     self.base
                 );
             }

@@ -19,6 +19,7 @@
 mod batch;
 mod client;
 mod duplicates;
+mod lines;
 mod outcome;
 mod progress;
 mod read_csv;

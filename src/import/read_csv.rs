@@ -13,13 +13,13 @@
 //!   UTF-8, fails as `malformed_row` and is not sent. A record whose cells are all
 //!   empty (a blank line, or Excel's `;;;`) is skipped.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::BufRead;
 
 use anyhow::{Context, bail};
 use csv::ByteRecord;
 use serde_json::{Map, Value};
 
+use super::lines::LineCounter;
 use super::source::{Record, Row, skip_bom};
 
 /// The student fields of the API, as the header names them.
@@ -45,8 +45,8 @@ pub const CLEAR: &str = "#N/A";
 pub const TAG_SEPARATOR: char = '|';
 
 /// The records of a CSV file, after its header.
-pub struct CsvRecords {
-    reader: csv::Reader<BufReader<File>>,
+pub struct CsvRecords<R> {
+    reader: csv::Reader<LineCounter<R>>,
     columns: Vec<&'static str>,
     id_column: usize,
     record: ByteRecord,
@@ -54,16 +54,16 @@ pub struct CsvRecords {
     delimiter: u8,
 }
 
-impl CsvRecords {
+impl<R: BufRead> CsvRecords<R> {
     /// Reads the header (skipping a BOM, sniffing the delimiter).
-    pub fn new(mut file: BufReader<File>, with_body: bool) -> anyhow::Result<Self> {
+    pub fn new(mut file: R, with_body: bool) -> anyhow::Result<Self> {
         skip_bom(&mut file).context("cannot read the file")?;
         let delimiter = sniff_delimiter(file.fill_buf().context("cannot read the file")?);
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(delimiter)
             .has_headers(false)
             .flexible(true)
-            .from_reader(file);
+            .from_reader(LineCounter::new(file));
         let mut header = ByteRecord::new();
         if !reader
             .read_byte_record(&mut header)
@@ -133,7 +133,7 @@ impl CsvRecords {
     }
 }
 
-impl Iterator for CsvRecords {
+impl<R: BufRead> Iterator for CsvRecords<R> {
     type Item = anyhow::Result<Record>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -145,7 +145,8 @@ impl Iterator for CsvRecords {
                     if self.record.iter().all(<[u8]>::is_empty) {
                         continue;
                     }
-                    let line = self.record.position().map_or(0, csv::Position::line);
+                    let start = self.record.position().map_or(0, csv::Position::byte);
+                    let line = self.reader.get_mut().line_at(start);
                     return Some(Ok(self.convert(line)));
                 }
             }

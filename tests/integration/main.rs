@@ -16,6 +16,7 @@ mod envelope;
 mod hostile;
 mod idempotency;
 mod import;
+mod isolation;
 mod ops;
 mod properties;
 mod rate_limit;

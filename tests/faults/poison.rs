@@ -1,0 +1,89 @@
+//! Fault 5: a poison batch, one whose application fails on every delivery (here
+//! a trigger makes Postgres refuse its rows). It is dead-lettered after
+//! `QUEUE_DELIVERY_LIMIT` deliveries, its job ends `failed` with a problem
+//! object, nothing of it is stored, and other traffic keeps flowing meanwhile.
+
+use std::time::Duration;
+
+use crate::check::{History, new_students_batch};
+use crate::helpers::{TestOptions, spawn_app_with};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_batch_is_dead_lettered_and_its_job_fails() {
+    let app = spawn_app_with(
+        TestOptions::default()
+            .workers(1)
+            .env("QUEUE_DELIVERY_LIMIT", 3),
+    )
+    .await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.external_reference_id LIKE 'poison-%' THEN
+                 RAISE EXCEPTION 'poisoned row %', NEW.external_reference_id;
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER poison BEFORE INSERT ON students
+             FOR EACH ROW EXECUTE FUNCTION poison();",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    let (poison_body, poison_refs) = new_students_batch("poison", 3);
+    let poison_job = app.upsert_async(&poison_body).await;
+    let mut history = History::default();
+    for b in 0..4 {
+        let (body, refs) = new_students_batch(&format!("healthy-{b}"), 20);
+        history.accept(app.upsert_async(&body).await, refs);
+    }
+
+    let job = app
+        .wait_for_job_within(&poison_job, Duration::from_secs(60))
+        .await;
+    assert_eq!(job["status"], "failed", "{job}");
+    let problem = &job["error"];
+    assert_eq!(problem["code"], "batch_failed", "{job}");
+    assert!(
+        problem["type"].is_string() && problem["title"].is_string(),
+        "{job}"
+    );
+    assert!(problem["detail"].is_string(), "{job}");
+    assert!(job.get("results").is_none_or(|r| r.is_null()), "{job}");
+
+    // Healthy batches, before and after the dead-lettering, all complete.
+    let (body, refs) = new_students_batch("healthy-after", 20);
+    history.accept(app.upsert_async(&body).await, refs);
+    history.check(&app).await;
+    for reference in &poison_refs {
+        assert!(app.student_by_ref(reference).await.is_none(), "{reference}");
+    }
+    // The dead-letter queue was drained (the worker acked it after failing the job).
+    let dead = dead_letter_count(&app).await;
+    assert_eq!(dead, Some(0));
+    app.cleanup().await;
+}
+
+async fn dead_letter_count(app: &crate::helpers::TestApp) -> Option<u32> {
+    let connection =
+        lapin::Connection::connect(&app.config.amqp_url, lapin::ConnectionProperties::default())
+            .await
+            .ok()?;
+    let channel = connection.create_channel().await.ok()?;
+    let options = lapin::options::QueueDeclareOptions {
+        passive: true,
+        durable: true,
+        ..Default::default()
+    };
+    let queue = channel
+        .queue_declare(
+            app.topology().dead_letter_queue.as_str().into(),
+            options,
+            Default::default(),
+        )
+        .await
+        .ok();
+    let _ = connection.close(0, "".into()).await;
+    queue.map(|queue| queue.message_count())
+}
