@@ -43,14 +43,27 @@ fi
 
 if cargo nextest --version >/dev/null 2>&1; then
     export NEXTEST_TEST_THREADS="${NEXTEST_TEST_THREADS:-4}"
-    step "cargo nextest run --workspace (test threads: $NEXTEST_TEST_THREADS)"
-    cargo nextest run --workspace --no-fail-fast --failure-output final
+    step "cargo nextest run --workspace, without the fault tests (test threads: $NEXTEST_TEST_THREADS)"
+    cargo nextest run --workspace --no-fail-fast --failure-output final -E 'not binary(faults)'
     # nextest does not run doctests.
     step "cargo test --workspace --doc"
     cargo test --workspace --doc
 else
-    step "cargo test --workspace (cargo-nextest not installed)"
-    cargo test --workspace --no-fail-fast -- --test-threads="${NEXTEST_TEST_THREADS:-4}"
+    step "cargo test --workspace, without the fault tests (cargo-nextest not installed)"
+    cargo test --workspace --exclude studentsync --no-fail-fast -- --test-threads="${NEXTEST_TEST_THREADS:-4}"
+    cargo test -p studentsync --lib --bins --test integration --no-fail-fast -- --test-threads="${NEXTEST_TEST_THREADS:-4}"
+    cargo test -p studentsync --doc
+fi
+
+# ---- Fault injection (issue #4): tests/faults kills workers, stops a private
+# Redis, fills queues. Serially, after the main suite, so that no other test
+# shares the machine with a fault.
+if cargo nextest --version >/dev/null 2>&1; then
+    step "cargo nextest run --test faults --test-threads 1 (fault injection, serial)"
+    cargo nextest run --test faults --test-threads 1 --no-fail-fast --failure-output final
+else
+    step "cargo test --test faults (fault injection, serial)"
+    cargo test --test faults --no-fail-fast -- --test-threads=1
 fi
 
 # ---- API fuzzing (issue #5): schemathesis against /openapi.json of a private

@@ -542,11 +542,14 @@ fn mark_duplicates(items: &mut [CheckedItem]) {
 // ---------------------------------------------------------------------------------
 
 /// Keeps at most [`MAX_ITEM_ERRORS`] errors; the last one kept then says that
-/// more were left out.
-fn cap_errors(errors: &mut Vec<ItemError>) {
+/// more were left out. Idempotent, so errors found later (the engine adds those
+/// only the stored data reveals) can be capped again.
+pub fn cap_errors(errors: &mut Vec<ItemError>) {
     if errors.len() > MAX_ITEM_ERRORS {
         errors.truncate(MAX_ITEM_ERRORS);
-        if let Some(last) = errors.last_mut() {
+        if let Some(last) = errors.last_mut()
+            && !last.detail.ends_with(ERRORS_LEFT_OUT)
+        {
             last.detail.push_str(ERRORS_LEFT_OUT);
         }
     }
@@ -1185,6 +1188,17 @@ mod tests {
         };
         assert_eq!(errors.len(), MAX_ITEM_ERRORS);
         assert!(errors.iter().all(|e| e.detail == "unknown field"));
+
+        // Capping again (after the engine added errors) marks the cut once.
+        let mut more = errors.clone();
+        more.push(ItemError::new(C::RequiredOnCreate, "/students/0/firstName", "x"));
+        cap_errors(&mut more);
+        assert_eq!(more.len(), MAX_ITEM_ERRORS);
+        assert!(more[99].detail.ends_with(ERRORS_LEFT_OUT));
+        cap_errors(&mut more);
+        more.push(ItemError::new(C::RequiredOnCreate, "/students/0/lastName", "x"));
+        cap_errors(&mut more);
+        assert_eq!(more[99].detail.matches(ERRORS_LEFT_OUT).count(), 1);
     }
 
     #[test]

@@ -122,6 +122,8 @@ async fn apply_items(
             classify::stored_data_errors(index, stored.get(key), lacks, options.allow_unarchive);
         if let Some(Some(errors)) = results[index].as_mut().map(|r| r.errors.as_mut()) {
             errors.extend(found);
+            // Hostile items may already be at the cap of reported errors.
+            crate::domain::validate::cap_errors(errors);
         }
     }
 

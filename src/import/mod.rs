@@ -171,11 +171,15 @@ async fn import(args: ImportArgs) -> anyhow::Result<JobSummary> {
             .context("the first pass stopped")??
     };
     eprintln!(
-        "studentsync import: {}: {}, {} rows ({} ids on more than one row); batches of {} to {}{}",
+        "studentsync import: {}: {}, {} rows ({} on more than one row); batches of {} to {}{}",
         args.file.display(),
         describe_format(&source)?,
         scan.records,
-        scan.duplicates.len(),
+        match scan.duplicates.len() {
+            0 => "no id".to_string(),
+            1 => "1 id".to_string(),
+            n => format!("{n} ids"),
+        },
         args.batch_size,
         args.url,
         if args.dry_run { " (dry run)" } else { "" },

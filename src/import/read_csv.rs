@@ -249,6 +249,69 @@ mod tests {
         );
     }
 
+    /// (line, id, JSON or failure code) of every record of `data`.
+    fn read(data: &[u8]) -> Vec<(u64, Option<String>, String)> {
+        let records = CsvRecords::new(std::io::Cursor::new(data.to_vec()), true).unwrap();
+        records
+            .map(|record| match record.unwrap() {
+                Record::Row(row) => (row.line, row.id, String::from_utf8(row.json).unwrap()),
+                Record::Failed(failure) => {
+                    (failure.line, failure.id, failure.errors[0].code.clone())
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_excel_export_reads_row_by_row_with_the_lines_where_records_start() {
+        let data = b"\xEF\xBB\xBFexternalReferenceId;firstName;tags\r\n\
+            a-1;\"Ada\r\nLovelace\";x|y\r\n\
+            \r\n\
+            a-2;\"Alan; \"\"M\"\"\";#N/A\r\n\
+            ;;\r\n\
+            a-3;short\r\n\
+            a-4;\xFF;\r\n\
+            a-5;;\r\n";
+        assert_eq!(
+            read(data),
+            vec![
+                (
+                    2,
+                    Some("a-1".into()),
+                    r#"{"externalReferenceId":"a-1","firstName":"Ada\r\nLovelace","tags":["x","y"]}"#.into()
+                ),
+                (
+                    5,
+                    Some("a-2".into()),
+                    r#"{"externalReferenceId":"a-2","firstName":"Alan; \"M\"","tags":null}"#.into()
+                ),
+                (7, Some("a-3".into()), "malformed_row".into()),
+                (8, Some("a-4".into()), "malformed_row".into()),
+                (9, Some("a-5".into()), r#"{"externalReferenceId":"a-5"}"#.into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_file_without_a_usable_header_is_refused() {
+        let open =
+            |data: &[u8]| CsvRecords::new(std::io::Cursor::new(data.to_vec()), true).map(|_| ());
+        assert!(open(b"").unwrap_err().to_string().contains("empty"));
+        assert!(
+            open(b"\xEF\xBB\xBF")
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
+        assert!(
+            open(b"firstName,lastName\nA,B\n")
+                .unwrap_err()
+                .to_string()
+                .contains("externalReferenceId")
+        );
+        assert!(open(b"externalReferenceId\n").is_ok());
+    }
+
     #[test]
     fn header_names_are_matched_loosely_but_must_be_known_and_unique() {
         let header = ByteRecord::from(vec![" ExternalReferenceId", "EMAIL ", "tags"]);

@@ -1,38 +1,43 @@
 //! Fault 5: a poison batch, one whose application fails on every delivery (here
-//! a trigger makes Postgres refuse its rows). It is dead-lettered after
+//! a trigger makes Postgres refuse to complete its job). It is dead-lettered after
 //! `QUEUE_DELIVERY_LIMIT` deliveries, its job ends `failed` with a problem
 //! object, nothing of it is stored, and other traffic keeps flowing meanwhile.
 
 use std::time::Duration;
 
 use crate::check::{History, new_students_batch};
+use uuid::Uuid;
+
 use crate::helpers::{TestOptions, spawn_app_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_batch_is_dead_lettered_and_its_job_fails() {
-    let app = spawn_app_with(
+    let mut app = spawn_app_with(
         TestOptions::default()
-            .workers(1)
+            .workers(0)
             .env("QUEUE_DELIVERY_LIMIT", 3),
     )
     .await;
-    sqlx::raw_sql(
+    let (poison_body, poison_refs) = new_students_batch("poison", 3);
+    let poison_job = app.upsert_async(&poison_body).await;
+    // The transaction of this one batch always fails at its last statement
+    // (marking the job completed), whatever its rows: a fault of the batch as a
+    // whole, not of one row (rows the database rejects are isolated per item).
+    let poison: Uuid = poison_job.parse().unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
-             IF NEW.external_reference_id LIKE 'poison-%' THEN
-                 RAISE EXCEPTION 'poisoned row %', NEW.external_reference_id;
-             END IF;
-             RETURN NEW;
+             RAISE EXCEPTION 'poisoned batch %', NEW.id;
          END $$;
-         CREATE TRIGGER poison BEFORE INSERT ON students
-             FOR EACH ROW EXECUTE FUNCTION poison();",
-    )
+         CREATE TRIGGER poison BEFORE UPDATE ON jobs FOR EACH ROW
+             WHEN (NEW.id = '{poison}' AND NEW.status = 'completed')
+             EXECUTE FUNCTION poison();"
+    )))
     .execute(&app.pool)
     .await
     .unwrap();
+    app.start_worker();
 
-    let (poison_body, poison_refs) = new_students_batch("poison", 3);
-    let poison_job = app.upsert_async(&poison_body).await;
     let mut history = History::default();
     for b in 0..4 {
         let (body, refs) = new_students_batch(&format!("healthy-{b}"), 20);

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use studentsync::domain::validate::{self, MAX_ITEM_ERRORS};
 use studentsync::domain::{ItemErrorCode, StudentField, StudentPatch, StudentRow};
+use studentsync::engine::classify::required_on_create;
 use studentsync::engine::{self, Outcome};
 use studentsync::job::{BatchItem, BatchMessage, BatchOptions, ItemStatus};
 use studentsync::store::{jobs, keys, students};
@@ -359,11 +360,25 @@ async fn run_case(
                 "results in input order".into()
             })?;
             match item {
-                BatchItem::Rejected { errors, .. } => {
+                BatchItem::Rejected {
+                    external_reference_id,
+                    errors,
+                    lacks_on_create,
+                } => {
+                    // Validation's errors, then what only the stored data
+                    // reveals: a valid, unique key that matches nothing and
+                    // lacks a name also gets `required_on_create`.
+                    let mut expected = errors.clone();
+                    if let (Some(id), Some(lacks)) = (external_reference_id, lacks_on_create)
+                        && !model.contains_key(id)
+                    {
+                        expected.extend(lacks.iter().map(|f| required_on_create(index, f)));
+                    }
+                    validate::cap_errors(&mut expected);
                     check(
                         result.status == ItemStatus::Failed
-                            && result.errors.as_ref() == Some(errors),
-                        || format!("round {round} item {index}: {result:?}"),
+                            && result.errors.as_ref() == Some(&expected),
+                        || format!("round {round} item {index}: expected {expected:?}: {result:?}"),
                     )?;
                     Seen::count(&seen.rejected);
                 }
