@@ -30,7 +30,8 @@ pub async fn isolate<T, R>(
         accepted: Vec::new(),
         rejected: Vec::new(),
     };
-    let mut ranges: Vec<Range<usize>> = vec![0..rows.len()];
+    let mut ranges: Vec<Range<usize>> = Vec::with_capacity(8);
+    ranges.push(0..rows.len());
     while let Some(range) = ranges.pop() {
         if range.is_empty() {
             continue;
