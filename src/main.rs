@@ -52,7 +52,7 @@ async fn main() -> ExitCode {
             match admin(command).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
-                    eprintln!("Error: {error:?}");
+                    eprintln!("Error: {error:#}");
                     ExitCode::FAILURE
                 }
             }

@@ -1191,12 +1191,20 @@ mod tests {
 
         // Capping again (after the engine added errors) marks the cut once.
         let mut more = errors.clone();
-        more.push(ItemError::new(C::RequiredOnCreate, "/students/0/firstName", "x"));
+        more.push(ItemError::new(
+            C::RequiredOnCreate,
+            "/students/0/firstName",
+            "x",
+        ));
         cap_errors(&mut more);
         assert_eq!(more.len(), MAX_ITEM_ERRORS);
         assert!(more[99].detail.ends_with(ERRORS_LEFT_OUT));
         cap_errors(&mut more);
-        more.push(ItemError::new(C::RequiredOnCreate, "/students/0/lastName", "x"));
+        more.push(ItemError::new(
+            C::RequiredOnCreate,
+            "/students/0/lastName",
+            "x",
+        ));
         cap_errors(&mut more);
         assert_eq!(more[99].detail.matches(ERRORS_LEFT_OUT).count(), 1);
     }

@@ -49,7 +49,7 @@ use source::{Failure, Format, Record, RowError, Source};
 const WINDOW: usize = 4;
 
 /// `studentsync import`.
-#[derive(Debug, clap::Args)]
+#[derive(clap::Args)]
 pub struct ImportArgs {
     /// The file: CSV with a header row of API field names, or JSON lines.
     pub file: PathBuf,
@@ -153,6 +153,12 @@ async fn import(args: ImportArgs) -> anyhow::Result<JobSummary> {
     };
     // A bad header or an unreadable file is reported before any request.
     drop(source.open(false)?);
+    if let Some(report) = &args.report
+        && let (Ok(report), Ok(file)) = (report.canonicalize(), args.file.canonicalize())
+        && report == file
+    {
+        anyhow::bail!("--report names the input file; it would be overwritten");
+    }
     let mut report = Report::create(args.report.as_deref())?;
     let concurrency = usize::from(args.concurrency);
     let api = Api::new(

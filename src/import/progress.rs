@@ -80,12 +80,10 @@ impl Progress {
     /// Stops the display, leaving a last line with the final figures.
     pub fn finish(self) {
         match self.display {
-            Display::Bar(bar) => bar.finish(),
-            Display::Lines(ticker) => {
-                ticker.abort();
-                eprintln!("{}", line(self.total, &self.counts, self.started.elapsed()));
-            }
+            Display::Bar(bar) => bar.finish_and_clear(),
+            Display::Lines(ticker) => ticker.abort(),
         }
+        eprintln!("{}", line(self.total, &self.counts, self.started.elapsed()));
     }
 }
 

@@ -96,6 +96,10 @@ async fn redis_down_or_flushed_degrades_but_serves() {
         let (body, refs) = new_students_batch(&format!("down-{b}"), 5);
         let started = Instant::now();
         let job = app.upsert_ok(&body).await;
+        eprintln!(
+            "sync batch with Redis down answered in {:?}",
+            started.elapsed()
+        );
         assert!(
             started.elapsed() < Duration::from_secs(15),
             "{:?}",
@@ -113,6 +117,7 @@ async fn redis_down_or_flushed_degrades_but_serves() {
     // Back, empty (as after FLUSHALL): results still served, sync works, and the
     // rate limit applies again by itself.
     redis.restart();
+    let back = Instant::now();
     let (body, refs) = new_students_batch("after", 5);
     let job = app.upsert_ok(&body).await;
     history.accept(job["jobId"].as_str().unwrap().to_string(), refs);
@@ -129,6 +134,10 @@ async fn redis_down_or_flushed_degrades_but_serves() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    eprintln!(
+        "rate limit applied again {:?} after Redis restarted",
+        back.elapsed()
+    );
     // The checks read the jobs through the API: with a fresh key (the limit is
     // per key), since this one just spent its burst.
     let school_id = app.school_id.clone();
