@@ -1,7 +1,7 @@
 //! `bench`: measures Student Sync end to end on this machine, in one run, and
 //! prints a table (and writes JSON) of ratios against the Postgres-alone ceiling.
 //!
-//! Build first: `cargo build --release --bins`, then `cargo run --release --bin
+//! Build first: `cargo build --release --workspace --bins`, then `cargo run --release --bin
 //! bench -- --help`. It starts its own stack (fresh database and namespace, the
 //! release API and worker binaries) on the local Postgres, RabbitMQ and Redis.
 

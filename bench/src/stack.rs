@@ -82,7 +82,7 @@ impl Stack {
             .status()
             .with_context(|| {
                 format!(
-                    "run {} (build with `cargo build --release --bins`)",
+                    "run {} (build with `cargo build --release --workspace --bins`)",
                     binary("studentsync-api").display()
                 )
             })?;
