@@ -3,6 +3,7 @@
 //! topology, the Redis results store and telemetry. The `api` and `worker` crates
 //! are thin shells around this library.
 
+pub mod breaker;
 pub mod config;
 pub mod db;
 pub mod domain;

@@ -15,7 +15,9 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, ConnectionStatus, ExchangeKind,
+};
 use tokio::sync::Mutex;
 
 /// Routing key of batch messages.
@@ -171,8 +173,10 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, PublishError> 
 pub enum PublishError {
     #[error("broker unavailable: {0}")]
     Unavailable(String),
-    #[error("broker refused the message (queue full or alarm)")]
+    #[error("broker refused the message (queue full)")]
     Refused,
+    #[error("the broker blocks publishing (memory or disk alarm)")]
+    Blocked,
     #[error("message was not routed to any queue")]
     Unroutable,
 }
@@ -199,14 +203,15 @@ impl Publisher {
         &self.topology
     }
 
-    /// Returns a connected confirm channel, opening one if needed.
-    async fn channel(&self) -> Result<Channel, PublishError> {
+    /// Returns a connected confirm channel (and its connection's status),
+    /// opening one if needed.
+    async fn channel(&self) -> Result<(Channel, ConnectionStatus), PublishError> {
         let mut guard = self.channel.lock().await;
         if let Some((connection, channel)) = guard.as_ref()
             && connection.status().connected()
             && channel.status().connected()
         {
-            return Ok(channel.clone());
+            return Ok((channel.clone(), connection.status().clone()));
         }
         *guard = None;
         let connection = connect(&self.url, "studentsync-api").await?;
@@ -229,13 +234,20 @@ impl Publisher {
                 ));
             }
         }
+        let status = connection.status().clone();
         *guard = Some((connection, channel.clone()));
-        Ok(channel)
+        Ok((channel, status))
     }
 
     /// Publishes one persistent batch message and waits for the broker's confirm.
+    /// While the broker has told this connection it is blocked (a memory or
+    /// disk alarm) publishes fail at once, and the connection is kept so that
+    /// its `connection.unblocked` is seen.
     pub async fn publish(&self, payload: &[u8], message_id: &str) -> Result<(), PublishError> {
-        let channel = self.channel().await?;
+        let (channel, connection) = self.channel().await?;
+        if connection.blocked() {
+            return Err(PublishError::Blocked);
+        }
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
@@ -271,9 +283,9 @@ impl Publisher {
                 self.reset().await;
                 Err(PublishError::Unavailable(error.to_string()))
             }
+            Err(_) if connection.blocked() => Err(PublishError::Blocked),
             Err(_) => {
-                // A blocked connection (memory/disk alarm) or a dead peer: drop it
-                // so the next publish starts afresh.
+                // A dead peer: drop the connection so the next publish starts afresh.
                 self.reset().await;
                 Err(PublishError::Unavailable(
                     "no confirm from the broker in time".into(),

@@ -6,6 +6,7 @@
 //! changes their state after the job completed); the mailer rewrites the entry
 //! once they are all settled.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -14,8 +15,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
+use crate::breaker::Breaker;
 use crate::job::JobView;
 
+/// The longest one cache read or write may take before it counts as failed.
+const CALL_BUDGET: Duration = Duration::from_millis(500);
 /// How long a completed job body stays cached.
 const CACHE_TTL: Duration = Duration::from_secs(3600);
 
@@ -57,10 +61,12 @@ pub fn connect(url: &str) -> redis::RedisResult<ConnectionManager> {
     ConnectionManager::new_lazy_with_config(client, config)
 }
 
-/// Caches and announces completed jobs; reads the cache.
+/// Caches and announces completed jobs; reads the cache. Every call goes
+/// through the process's [`Breaker`]: while Redis is failing, calls fail at once.
 #[derive(Clone)]
 pub struct ResultsStore {
     redis: ConnectionManager,
+    breaker: Arc<Breaker>,
     keys: ResultKeys,
 }
 
@@ -68,8 +74,15 @@ impl ResultsStore {
     pub fn new(redis: ConnectionManager, namespace: &str) -> Self {
         Self {
             redis,
+            breaker: Arc::new(Breaker::default()),
             keys: ResultKeys::new(namespace),
         }
+    }
+
+    /// The breaker guarding this process's Redis calls (shared with the rate
+    /// limiter).
+    pub fn breaker(&self) -> Arc<Breaker> {
+        self.breaker.clone()
     }
 
     pub fn keys(&self) -> &ResultKeys {
@@ -87,18 +100,18 @@ impl ResultsStore {
             redis::RedisError::from((redis::ErrorKind::Client, "serialize job", error.to_string()))
         })?;
         let mut redis = self.redis.clone();
-        let _: () = redis::pipe()
-            .set_ex(
-                self.keys.job(school_id, job.job_id),
-                body,
-                CACHE_TTL.as_secs(),
-            )
-            .ignore()
-            .publish(self.keys.completed_channel(), job.job_id.to_string())
-            .ignore()
-            .query_async(&mut redis)
-            .await?;
-        Ok(())
+        let mut pipe = redis::pipe();
+        pipe.set_ex(
+            self.keys.job(school_id, job.job_id),
+            body,
+            CACHE_TTL.as_secs(),
+        )
+        .ignore()
+        .publish(self.keys.completed_channel(), job.job_id.to_string())
+        .ignore();
+        self.breaker
+            .call(CALL_BUDGET, pipe.query_async::<()>(&mut redis))
+            .await
     }
 
     /// The cached body of a finished job, if Redis has it. A body that still
@@ -110,7 +123,8 @@ impl ResultsStore {
         job_id: Uuid,
     ) -> redis::RedisResult<Option<JobView>> {
         let mut redis = self.redis.clone();
-        let body: Option<String> = redis.get(self.keys.job(school_id, job_id)).await?;
+        let key = self.keys.job(school_id, job_id);
+        let body: Option<String> = self.breaker.call(CALL_BUDGET, redis.get(key)).await?;
         Ok(body
             .and_then(|body| serde_json::from_str::<JobView>(&body).ok())
             .filter(|view| !view.awaits_credentials_emails()))
@@ -124,12 +138,14 @@ impl ResultsStore {
             redis::RedisError::from((redis::ErrorKind::Client, "serialize job", error.to_string()))
         })?;
         let mut redis = self.redis.clone();
-        let _: Option<String> = redis::cmd("SET")
-            .arg(self.keys.job(school_id, job.job_id))
+        let mut set = redis::cmd("SET");
+        set.arg(self.keys.job(school_id, job.job_id))
             .arg(body)
             .arg("XX")
-            .arg("KEEPTTL")
-            .query_async(&mut redis)
+            .arg("KEEPTTL");
+        let _: Option<String> = self
+            .breaker
+            .call(CALL_BUDGET, set.query_async(&mut redis))
             .await?;
         Ok(())
     }

@@ -79,13 +79,14 @@ impl AppState {
         publisher: Publisher,
         completions: broadcast::Sender<Uuid>,
     ) -> Self {
+        let results = ResultsStore::new(redis.clone(), &config.namespace);
         let limiter = RateLimiter::new(
-            redis.clone(),
+            redis,
+            results.breaker(),
             &config.namespace,
             Policy::per_key(config.rate_limit_per_minute, config.rate_limit_burst),
             Policy::per_school(config.school_students_per_minute),
         );
-        let results = ResultsStore::new(redis, &config.namespace);
         let (shutdown, _) = watch::channel(false);
         Self(Arc::new(Shared {
             config,

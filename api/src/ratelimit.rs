@@ -20,8 +20,10 @@
 //! `rate_limited` and an honest `Retry-After` (waiting that long is enough,
 //! unless the same bucket is used meanwhile), and a batch refused by the school
 //! budget adds a `"school"` member to both headers. If Redis cannot be asked,
-//! requests are let through (fail open) and a warning is logged: an outage of
-//! the cache must not take the API down.
+//! requests are let through (fail open) and the process's Redis circuit breaker
+//! (`studentsync::breaker`) logs one warning per outage and skips Redis for a
+//! cool-down, so requests do not each wait for a timeout: an outage of the
+//! cache must not take the API down, nor slow it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +33,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use redis::aio::ConnectionManager;
+use studentsync::breaker::Breaker;
 use studentsync::domain::validate::MAX_BATCH;
 use studentsync::store::keys::Principal;
 use uuid::Uuid;
@@ -113,6 +116,7 @@ impl Policy {
 #[derive(Clone)]
 pub struct RateLimiter {
     redis: ConnectionManager,
+    breaker: Arc<Breaker>,
     script: Arc<redis::Script>,
     namespace: String,
     per_key: Policy,
@@ -186,12 +190,14 @@ pub struct SchoolBudget(pub Decision);
 impl RateLimiter {
     pub fn new(
         redis: ConnectionManager,
+        breaker: Arc<Breaker>,
         namespace: &str,
         per_key: Policy,
         per_school: Policy,
     ) -> Self {
         Self {
             redis,
+            breaker,
             script: Arc::new(redis::Script::new(GCRA)),
             namespace: namespace.to_string(),
             per_key,
@@ -227,30 +233,23 @@ impl RateLimiter {
         let mut redis = self.redis.clone();
         let mut invocation = self.script.key(key);
         invocation.arg(interval).arg(policy.capacity).arg(cost);
-        let answer = tokio::time::timeout(
-            REDIS_BUDGET,
-            invocation.invoke_async::<(i64, i64, i64)>(&mut redis),
-        )
-        .await;
+        let answer = self
+            .breaker
+            .call(
+                REDIS_BUDGET,
+                invocation.invoke_async::<(i64, i64, i64)>(&mut redis),
+            )
+            .await;
         match answer {
-            Ok(Ok((allowed, reset_us, retry_us))) => Decision::from_script(
+            Ok((allowed, reset_us, retry_us)) => Decision::from_script(
                 interval,
                 policy.capacity,
                 allowed == 1,
                 reset_us.max(0) as u64,
                 retry_us.max(0) as u64,
             ),
-            Ok(Err(error)) => {
-                tracing::warn!(%error, policy = policy.name, "rate limiter cannot reach Redis; letting the request through");
-                Decision::unknown(policy.capacity)
-            }
-            Err(_) => {
-                tracing::warn!(
-                    policy = policy.name,
-                    "rate limiter timed out on Redis; letting the request through"
-                );
-                Decision::unknown(policy.capacity)
-            }
+            // The breaker logged it (once per outage): let the request through.
+            Err(_) => Decision::unknown(policy.capacity),
         }
     }
 

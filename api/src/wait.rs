@@ -25,8 +25,6 @@ pub const MAX_WAIT_SECS: u64 = 60;
 pub const DEFAULT_WAIT_SECS: u64 = 30;
 /// How often a waiter polls Postgres.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
-/// How long a waiter gives the Redis cache before asking Postgres.
-const CACHE_BUDGET: Duration = Duration::from_millis(500);
 
 pub static PREFER: HeaderName = HeaderName::from_static("prefer");
 pub static PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
@@ -217,15 +215,15 @@ async fn look(
     }
 }
 
-/// The cached body of a finished job; `None` on a miss or any Redis problem.
+/// The cached body of a finished job; `None` on a miss or any Redis problem
+/// (bounded in time, and skipped at once while Redis is known to be down).
 pub async fn cached(state: &AppState, school_id: Uuid, job_id: Uuid) -> Option<JobView> {
-    match tokio::time::timeout(CACHE_BUDGET, state.results.cached(school_id, job_id)).await {
-        Ok(Ok(view)) => view,
-        Ok(Err(error)) => {
+    match state.results.cached(school_id, job_id).await {
+        Ok(view) => view,
+        Err(error) => {
             tracing::debug!(%error, "results cache unavailable");
             None
         }
-        Err(_) => None,
     }
 }
 

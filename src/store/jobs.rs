@@ -37,9 +37,17 @@ pub struct JobRecord {
     pub created_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// The broker confirmed its batch (or the job is already past `queued`).
+    pub published: bool,
 }
 
 impl JobRecord {
+    /// Whether the batch is known to be in the queue (or beyond): only then may
+    /// another request be told it is accepted.
+    pub fn is_accepted(&self) -> bool {
+        self.published || self.status() != JobStatus::Queued
+    }
+
     /// Whether the stored results show `queued` credentials emails, whose live
     /// state is in the outbox.
     fn awaits_credentials_emails(&self) -> bool {
@@ -81,6 +89,9 @@ pub enum Recorded {
 
 /// How long an Idempotency-Key stays bound to its job.
 const IDEMPOTENCY_WINDOW: &str = "24 hours";
+/// An unpublished job older than this was abandoned by the request that
+/// recorded it (a publish gives up after at most three 4 s broker timeouts).
+const ABANDONED_AFTER: &str = "30 seconds";
 
 /// Inserts a `queued` job, or finds the live job that holds the same
 /// Idempotency-Key (a key older than 24 h is released first).
@@ -99,9 +110,25 @@ pub async fn record(pool: &PgPool, job: &NewJob<'_>) -> Result<Recorded, sqlx::E
             .execute(&mut *tx)
             .await?;
         }
+        if let Some(key) = job.idempotency_key {
+            // The request that recorded this job died before its publish was
+            // confirmed (or refused): the key is free again. A copy the broker
+            // did take is dropped by the worker as an unknown job.
+            sqlx::query(
+                "DELETE FROM jobs
+                 WHERE school_id = $1 AND idempotency_key = $2
+                   AND NOT published AND status = 'queued'
+                   AND created_at < now() - $3::interval",
+            )
+            .bind(job.school_id)
+            .bind(key)
+            .bind(ABANDONED_AFTER)
+            .execute(&mut *tx)
+            .await?;
+        }
         let inserted = sqlx::query(
-            "INSERT INTO jobs (id, school_id, status, dry_run, total, idempotency_key, body_fingerprint)
-             VALUES ($1, $2, 'queued', $3, $4, $5, $6)
+            "INSERT INTO jobs (id, school_id, status, dry_run, total, idempotency_key, body_fingerprint, published)
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, false)
              ON CONFLICT (school_id, idempotency_key) DO NOTHING",
         )
         .bind(job.id)
@@ -141,13 +168,29 @@ pub async fn record(pool: &PgPool, job: &NewJob<'_>) -> Result<Recorded, sqlx::E
     ))
 }
 
+/// Marks the job's batch as confirmed by the broker. Skips a row a worker has
+/// locked: the worker moves it past `queued`, which says as much.
+pub async fn mark_published(pool: &PgPool, job_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE jobs SET published = true
+          WHERE id = (SELECT id FROM jobs WHERE id = $1 AND NOT published FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(job_id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Removes a job whose batch the broker did not accept (nothing was enqueued).
-pub async fn forget(pool: &PgPool, job_id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM jobs WHERE id = $1 AND status = 'queued'")
+/// `false` when the job is no longer `queued`: a worker already took it, so the
+/// message did reach the queue although its confirm was lost (the DELETE waits
+/// for the worker's lock on the row, then sees the new status).
+pub async fn forget(pool: &PgPool, job_id: Uuid) -> Result<bool, sqlx::Error> {
+    let deleted = sqlx::query("DELETE FROM jobs WHERE id = $1 AND status = 'queued'")
         .bind(job_id)
         .execute(pool)
         .await?;
-    Ok(())
+    Ok(deleted.rows_affected() > 0)
 }
 
 /// Whether the school has a live job (younger than 24 h) under this
@@ -171,7 +214,7 @@ pub async fn holds_idempotency_key(
 macro_rules! job_columns {
     () => {
         "id, status, dry_run, body_fingerprint, summary, results, error, created_at, \
-         completed_at, expires_at"
+         completed_at, expires_at, published"
     };
 }
 use job_columns;
@@ -234,7 +277,8 @@ impl JobCursor {
     }
 }
 
-/// A page of a school's jobs, newest first, without results.
+/// A page of a school's jobs, newest first, without results. A job whose
+/// batch is still being published (or failed to be) is not listed yet.
 pub async fn list(
     pool: &PgPool,
     school_id: Uuid,
@@ -244,9 +288,10 @@ pub async fn list(
 ) -> Result<Vec<JobRecord>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, status, dry_run, body_fingerprint, summary, NULL::json AS results, error,
-                created_at, completed_at, expires_at
+                created_at, completed_at, expires_at, published
          FROM jobs
          WHERE school_id = $1
+           AND (published OR status <> 'queued')
            AND ($2::text IS NULL OR status = $2)
            AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
          ORDER BY created_at DESC, id DESC

@@ -15,9 +15,15 @@
 mod helpers;
 
 mod check;
+mod private;
+mod submitter;
 
+mod api_sigterm;
 mod backpressure;
+mod broker_alarm;
+mod broker_restart;
 mod poison;
+mod postgres_restart;
 mod redis_outage;
 mod worker_kill;
 mod worker_sigterm;

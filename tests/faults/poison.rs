@@ -65,30 +65,8 @@ async fn a_poison_batch_is_dead_lettered_and_its_job_fails() {
         assert!(app.student_by_ref(reference).await.is_none(), "{reference}");
     }
     // The dead-letter queue was drained (the worker acked it after failing the job).
-    let dead = dead_letter_count(&app).await;
-    assert_eq!(dead, Some(0));
+    let dead_letter_queue = app.topology().dead_letter_queue;
+    let dead = app.queue_counts_of(&dead_letter_queue).await;
+    assert_eq!(dead.map(|(messages, _)| messages), Some(0));
     app.cleanup().await;
-}
-
-async fn dead_letter_count(app: &crate::helpers::TestApp) -> Option<u32> {
-    let connection =
-        lapin::Connection::connect(&app.config.amqp_url, lapin::ConnectionProperties::default())
-            .await
-            .ok()?;
-    let channel = connection.create_channel().await.ok()?;
-    let options = lapin::options::QueueDeclareOptions {
-        passive: true,
-        durable: true,
-        ..Default::default()
-    };
-    let queue = channel
-        .queue_declare(
-            app.topology().dead_letter_queue.as_str().into(),
-            options,
-            Default::default(),
-        )
-        .await
-        .ok();
-    let _ = connection.close(0, "".into()).await;
-    queue.map(|queue| queue.message_count())
 }

@@ -79,6 +79,9 @@ pub struct TestOptions {
     pub rate_limit_burst: u32,
     /// Extra or overriding configuration variables.
     pub env: Vec<(String, String)>,
+    /// The Postgres server the test database is created on (any database
+    /// name in it is replaced); default `$DATABASE_URL` or the local server.
+    pub database_server_url: Option<String>,
 }
 
 impl Default for TestOptions {
@@ -90,6 +93,7 @@ impl Default for TestOptions {
             rate_limit_per_minute: 100_000,
             rate_limit_burst: 100_000,
             env: Vec::new(),
+            database_server_url: None,
         }
     }
 }
@@ -97,6 +101,13 @@ impl Default for TestOptions {
 impl TestOptions {
     pub fn workers(mut self, workers: usize) -> Self {
         self.workers = workers;
+        self
+    }
+
+    /// Creates the test database on the Postgres server at `url`.
+    #[allow(dead_code)] // used by tests/faults
+    pub fn database_server(mut self, url: impl ToString) -> Self {
+        self.database_server_url = Some(url.to_string());
         self
     }
 
@@ -166,7 +177,10 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     let namespace = format!("t{id}");
     let admin_token = format!("admin-{}", Uuid::new_v4().simple());
 
-    let base_database_url = base_url("DATABASE_URL", DEFAULT_DATABASE_URL);
+    let base_database_url = options
+        .database_server_url
+        .clone()
+        .unwrap_or_else(|| base_url("DATABASE_URL", DEFAULT_DATABASE_URL));
     let database_url = with_database(&base_database_url, &db_name);
     let admin_database_url = with_database(&base_database_url, "postgres");
 
@@ -489,6 +503,11 @@ impl TestApp {
 
     /// (messages, consumers) of the batch queue, or None while it does not exist.
     pub async fn queue_counts(&self) -> Option<(u32, u32)> {
+        self.queue_counts_of(&self.topology().queue).await
+    }
+
+    /// (messages, consumers) of the named queue, or None while it does not exist.
+    pub async fn queue_counts_of(&self, queue: &str) -> Option<(u32, u32)> {
         let connection = lapin::Connection::connect(
             &self.config.amqp_url,
             lapin::ConnectionProperties::default(),
@@ -502,11 +521,7 @@ impl TestApp {
             ..Default::default()
         };
         let queue = channel
-            .queue_declare(
-                self.topology().queue.as_str().into(),
-                options,
-                Default::default(),
-            )
+            .queue_declare(queue.into(), options, Default::default())
             .await
             .ok();
         let _ = connection.close(0, "".into()).await;
@@ -706,17 +721,23 @@ async fn delete_redis_keys(redis_url: &str, namespace: &str) -> redis::RedisResu
 /// The worker binary: `$STUDENTSYNC_WORKER_BIN`, else `target/debug` of this
 /// workspace (or of `$CARGO_TARGET_DIR`).
 pub fn worker_binary() -> std::path::PathBuf {
-    let path = std::env::var_os("STUDENTSYNC_WORKER_BIN")
+    workspace_binary("STUDENTSYNC_WORKER_BIN", "studentsync-worker")
+}
+
+/// `$variable`, else the debug build of `name` in this workspace's target
+/// directory (or `$CARGO_TARGET_DIR`); asserted to exist.
+pub fn workspace_binary(variable: &str, name: &str) -> std::path::PathBuf {
+    let path = std::env::var_os(variable)
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
             let target = std::env::var_os("CARGO_TARGET_DIR")
                 .map(std::path::PathBuf::from)
                 .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-            target.join("debug").join("studentsync-worker")
+            target.join("debug").join(name)
         });
     assert!(
         path.exists(),
-        "worker binary {} not found: run `cargo build --bins` first or set STUDENTSYNC_WORKER_BIN",
+        "{name} binary {} not found: run `cargo build --bins` first or set {variable}",
         path.display()
     );
     path

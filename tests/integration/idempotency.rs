@@ -208,3 +208,61 @@ async fn an_overlong_key_is_rejected() {
     assert_eq!(app.jobs_count().await, 1);
     app.cleanup().await;
 }
+
+/// A job row recorded under `key` by a request that never got its publish
+/// confirmed (as if that API process died), `age` ago.
+async fn unpublished_job(app: &TestApp, key: &str, body: &str, age: &str) -> uuid::Uuid {
+    let value: serde_json::Value = serde_json::from_str(body).unwrap();
+    let fingerprint = studentsync_api::routes::batch::fingerprint(&value);
+    let job_id = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO jobs (id, school_id, status, dry_run, total, idempotency_key, body_fingerprint, published, created_at)
+         VALUES ($1, $2::uuid, 'queued', false, 1, $3, $4, false, now() - $5::interval)",
+    )
+    .bind(job_id)
+    .bind(&app.school_id)
+    .bind(key)
+    .bind(fingerprint)
+    .bind(age)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    job_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_never_attaches_to_a_job_whose_publish_is_unconfirmed() {
+    let app = spawn_app().await;
+    let body = r#"{"students":[{"externalReferenceId":"u-1","firstName":"A","lastName":"B"}]}"#;
+    unpublished_job(&app, "in-flight", body, "1 second").await;
+    let started = std::time::Instant::now();
+    let reply = send(keyed(&app, "in-flight", body).header("Prefer", "respond-async")).await;
+    // Not a 202: that batch may never reach the queue.
+    assert_problem(&reply, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    assert!(reply.header("retry-after").is_some());
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert!(app.student_by_ref("u-1").await.is_none());
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_of_an_abandoned_unpublished_job_is_taken_over() {
+    let app = spawn_app().await;
+    let body = r#"{"students":[{"externalReferenceId":"a-1","firstName":"A","lastName":"B"}]}"#;
+    let abandoned = unpublished_job(&app, "abandoned", body, "1 minute").await;
+    let reply = send(keyed(&app, "abandoned", body)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_ne!(reply.body["jobId"], abandoned.to_string());
+    assert_ne!(reply.header("idempotent-replayed").as_deref(), Some("true"));
+    assert_eq!(results_of(&reply.body)[0]["status"], "created");
+    // The abandoned row is gone; the key now names the new job.
+    let gone = app.get_json(&format!("/v3/jobs/{abandoned}")).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    let replay = send(keyed(&app, "abandoned", body)).await;
+    assert_eq!(replay.body["jobId"], reply.body["jobId"]);
+    assert_eq!(
+        replay.header("idempotent-replayed").as_deref(),
+        Some("true")
+    );
+    app.cleanup().await;
+}

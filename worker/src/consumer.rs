@@ -4,7 +4,7 @@
 //! `WORKER_CONCURRENCY`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
@@ -15,13 +15,24 @@ use tokio::task::JoinSet;
 
 use crate::{Worker, dead_letters, handler};
 
+/// Backoff between reconnection attempts: doubling from the first to the max.
+const FIRST_RETRY: Duration = Duration::from_millis(200);
+const MAX_RETRY: Duration = Duration::from_secs(5);
+/// A connection that lasted this long was healthy: the next backoff starts over.
+const HEALTHY_CONNECTION: Duration = Duration::from_secs(30);
+
 /// Consumes until `stop` turns true, reconnecting as needed.
 pub async fn supervise(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
-    let mut delay = Duration::from_millis(200);
+    let mut delay = FIRST_RETRY;
     while !*stop.borrow() {
+        let connected_at = Instant::now();
         match consume(&worker, &mut stop).await {
             Ok(()) => return,
             Err(error) => {
+                // A connection that lived a while starts the backoff afresh.
+                if connected_at.elapsed() > HEALTHY_CONNECTION {
+                    delay = FIRST_RETRY;
+                }
                 tracing::warn!(%error, retry_in = ?delay, "broker connection lost; reconnecting");
             }
         }
@@ -29,7 +40,7 @@ pub async fn supervise(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
             _ = tokio::time::sleep(delay) => {}
             _ = stop.changed() => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(10));
+        delay = (delay * 2).min(MAX_RETRY);
     }
 }
 

@@ -188,7 +188,7 @@ pub struct StudentInput {
         (status = 429, description = "`rate_limited`: the API key's request rate (`RateLimit-Policy` member `\"default\"`), or the school's budget of students per minute in batches (`SCHOOL_STUDENTS_PER_MINUTE`, shared by all its keys; the answer then adds a `\"school\"` member to `RateLimit-Policy` and `RateLimit`), is exhausted. Nothing was recorded; retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds after which this request fits the limit."))),
         (status = 500, description = "`job_failed`: the batch could not be processed at all; the problem has the job's `detail` and a `jobId` member. (`internal` for unexpected errors.)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`: the queue is unreachable or full, or the job could not be recorded; nothing was enqueued. `Retry-After` is set.", body = Problem, content_type = "application/problem+json",
+        (status = 503, description = "`unavailable`: the queue is unreachable, full or blocked by a broker resource alarm, or the database cannot record the job; nothing was enqueued. `Retry-After` is set.", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
     ),
     security(("apiKey" = []))
@@ -260,13 +260,23 @@ pub async fn batch_upsert(
         Recorded::New => {
             if let Err(error) = state.publisher.publish(&payload, &job_id.to_string()).await {
                 tracing::warn!(%error, %job_id, "the broker did not accept a batch");
-                if let Err(error) = jobs::forget(&state.pool, job_id).await {
-                    tracing::error!(%error, %job_id, "could not delete the job of a refused batch");
+                match jobs::forget(&state.pool, job_id).await {
+                    Ok(true) => return Err(refused_by_broker(&state)),
+                    // A worker has it: the publish went through after all.
+                    Ok(false) => {
+                        tracing::info!(%job_id, "the batch of a failed publish is with a worker; accepted")
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, %job_id, "could not delete the job of a refused batch; retrying in the background");
+                        forget_later(state.clone(), job_id);
+                        return Err(refused_by_broker(&state));
+                    }
                 }
-                return Err(ApiError::unavailable(
-                    "the queue did not accept the batch (unreachable or full); nothing was enqueued, retry later",
-                    state.config.retry_after(),
-                ));
+            }
+            if let Err(error) = jobs::mark_published(&state.pool, job_id).await {
+                // Accepted all the same: the batch is in the queue. Replays of
+                // its Idempotency-Key wait until a worker takes it.
+                tracing::warn!(%error, %job_id, "could not mark the job published");
             }
             crate::metrics::students_received(total);
             tracing::info!(%job_id, %school_id, total, "batch accepted");
@@ -280,6 +290,31 @@ pub async fn batch_upsert(
             Ok(wait_and_answer(&state, school_id, job_id, &preferences).await)
         }
     }
+}
+
+/// Keeps trying to delete the job of a refused batch while Postgres is away
+/// (for a few minutes), so that a retry with the same Idempotency-Key does not
+/// attach to a job that will never run.
+fn forget_later(state: AppState, job_id: Uuid) {
+    tokio::spawn(async move {
+        for attempt in 1..=60 {
+            tokio::time::sleep(Duration::from_secs(attempt.min(5))).await;
+            match jobs::forget(&state.pool, job_id).await {
+                Ok(_) => return,
+                Err(error) if attempt == 60 => {
+                    tracing::error!(%error, %job_id, "gave up deleting the job of a refused batch; it stays `queued`");
+                }
+                Err(_) => {}
+            }
+        }
+    });
+}
+
+fn refused_by_broker(state: &AppState) -> ApiError {
+    ApiError::unavailable(
+        "the queue did not accept the batch (unreachable or full); nothing was enqueued, retry later",
+        state.config.retry_after(),
+    )
 }
 
 /// Takes the batch's items from the school's students-per-minute budget; the
@@ -362,6 +397,20 @@ async fn replay(
     existing: jobs::JobRecord,
     preferences: &Preferences,
 ) -> Response {
+    let existing = if existing.is_accepted() {
+        existing
+    } else {
+        match until_accepted(state, school_id, existing.id).await {
+            Some(existing) => existing,
+            None => {
+                return ApiError::unavailable(
+                    "the request that first used this Idempotency-Key was not accepted, or is still being accepted; retry",
+                    state.config.retry_after(),
+                )
+                .into_response();
+            }
+        }
+    };
     let status = existing.status();
     if status.is_terminal() {
         return finished(existing.into_view());
@@ -370,6 +419,28 @@ async fn replay(
         return accepted(existing.id, status, preferences.applied(true));
     }
     wait_and_answer(state, school_id, existing.id, preferences).await
+}
+
+/// How long a replay waits for the first request's publish to be confirmed.
+const ACCEPTANCE_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits (briefly) until the job's batch is confirmed by the broker; `None`
+/// when the job disappears (its publish failed) or the wait runs out.
+async fn until_accepted(
+    state: &AppState,
+    school_id: Uuid,
+    job_id: Uuid,
+) -> Option<jobs::JobRecord> {
+    let deadline = tokio::time::Instant::now() + ACCEPTANCE_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        match jobs::get(&state.pool, school_id, job_id).await {
+            Ok(Some(record)) if record.is_accepted() => return Some(record),
+            Ok(Some(_)) | Err(_) => {}
+            Ok(None) => return None,
+        }
+    }
+    None
 }
 
 async fn wait_and_answer(
