@@ -61,12 +61,7 @@ async fn a_sigtermed_api_answers_what_it_holds_and_exits_zero() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let pid = api.id().expect("running");
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success());
+    crate::sigterm(api.id().expect("running"));
     let signalled = Instant::now();
 
     let mut history = History::default();

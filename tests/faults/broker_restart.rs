@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::check::{History, new_students_batch};
 use crate::helpers::{TestOptions, spawn_app_with};
 use crate::private::rabbitmq::PrivateRabbitMq;
-use crate::submitter::Submitter;
+use crate::submitter::{Submitter, until_accepted_again};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_stopped_and_started_loses_nothing() {
@@ -40,27 +40,8 @@ async fn broker_stopped_and_started_loses_nothing() {
     eprintln!("broker down for {:?}", restarted - stopped);
 
     // Clients are accepted again once the API has reconnected.
-    let deadline = restarted + Duration::from_secs(30);
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let (body, refs) = new_students_batch(&format!("probe-{}", history.accepted.len()), 1);
-        let reply =
-            crate::helpers::send(app.batch_request(&body).header("Prefer", "respond-async")).await;
-        if reply.status == reqwest::StatusCode::ACCEPTED {
-            history.accept(reply.body["jobId"].as_str().unwrap().to_string(), refs);
-            break;
-        }
-        history.refused.push(refs);
-        assert!(
-            Instant::now() < deadline,
-            "not accepting 30 s after the restart: {}",
-            reply.body
-        );
-    }
-    eprintln!(
-        "accepting again {:?} after the restart",
-        restarted.elapsed()
-    );
+    let took = until_accepted_again(&app, &mut history, "probe", restarted).await;
+    eprintln!("accepting again {took:?} after the restart");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let seen = submitter.finish().await;
     let refused_while_down = seen

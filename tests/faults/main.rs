@@ -27,3 +27,12 @@ mod postgres_restart;
 mod redis_outage;
 mod worker_kill;
 mod worker_sigterm;
+
+/// Sends SIGTERM to a process.
+pub fn sigterm(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success(), "kill -TERM {pid}");
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::check::{History, new_students_batch};
 use crate::helpers::{TestOptions, spawn_app_with};
 use crate::private::postgres::PrivatePostgres;
-use crate::submitter::Submitter;
+use crate::submitter::{Submitter, until_accepted_again};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restarted_mid_batch_loses_nothing() {
@@ -47,29 +47,9 @@ async fn postgres_restarted_mid_batch_loses_nothing() {
         let restarted = Instant::now();
 
         // Accepting again once the pools have reconnected.
-        let deadline = restarted + Duration::from_secs(30);
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let seen_after = history.accepted.len();
-            let (body, refs) = new_students_batch(&format!("probe-{round}-{seen_after}"), 1);
-            let reply =
-                crate::helpers::send(app.batch_request(&body).header("Prefer", "respond-async"))
-                    .await;
-            if reply.status == reqwest::StatusCode::ACCEPTED {
-                history.accept(reply.body["jobId"].as_str().unwrap().to_string(), refs);
-                break;
-            }
-            history.refused.push(refs);
-            assert!(
-                Instant::now() < deadline,
-                "not accepting 30 s after the restart: {}",
-                reply.body
-            );
-        }
-        eprintln!(
-            "round {round}: accepting again {:?} after the restart",
-            restarted.elapsed()
-        );
+        let took =
+            until_accepted_again(&app, &mut history, &format!("probe-{round}"), restarted).await;
+        eprintln!("round {round}: accepting again {took:?} after the restart");
         for submitter in submitters {
             let seen = submitter.finish().await;
             eprintln!(

@@ -136,3 +136,31 @@ fn judge(
             .push(format!("{other} after {took:?}: {}", reply.body)),
     }
 }
+
+/// After a server came back: submits one-student batches every 200 ms until
+/// one is accepted (within 30 s of `since`), recording refusals and the
+/// acceptance in `history`; returns how long after `since` that took.
+pub async fn until_accepted_again(
+    app: &TestApp,
+    history: &mut History,
+    prefix: &str,
+    since: Instant,
+) -> Duration {
+    let deadline = since + Duration::from_secs(30);
+    for attempt in 0.. {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (body, refs) = new_students_batch(&format!("{prefix}-{attempt}"), 1);
+        let reply = send(app.batch_request(&body).header("Prefer", "respond-async")).await;
+        if reply.status == StatusCode::ACCEPTED {
+            history.accept(reply.body["jobId"].as_str().unwrap().to_string(), refs);
+            break;
+        }
+        history.refused.push(refs);
+        assert!(
+            Instant::now() < deadline,
+            "not accepting 30 s after the restart: {}",
+            reply.body
+        );
+    }
+    since.elapsed()
+}

@@ -19,12 +19,7 @@ async fn a_sigtermed_worker_drains_and_exits_zero() {
         history.accept(app.upsert_async(&body).await, refs);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let pid = worker.child.id().expect("running");
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success());
+    crate::sigterm(worker.child.id().expect("running"));
     let started = Instant::now();
     let exit = tokio::time::timeout(Duration::from_secs(30), worker.child.wait())
         .await
