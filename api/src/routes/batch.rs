@@ -154,7 +154,10 @@ pub struct StudentInput {
 /// 24 h) a repeated request with the same JSON value attaches to the original job
 /// (`Idempotent-Replayed: true`) and a finished job's final answer is given even
 /// under `respond-async`; the same key with another body is 422
-/// `idempotency_key_reused`.
+/// `idempotency_key_reused`. A replay never attaches to a batch that is not yet
+/// confirmed by the queue: it waits up to 5 s for the first request's publish,
+/// and answers 503 `unavailable` if that batch was refused (retry: the key is
+/// then free) or is still being published.
 ///
 /// A job that could not be processed at all (e.g. its message was dead-lettered)
 /// is answered 500 `job_failed`, with the job's problem `detail` and a `jobId`
