@@ -14,7 +14,7 @@ use axum::http::header::HeaderName;
 use studentsync::job::{JobStatus, JobView};
 use studentsync::store;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::AppState;
@@ -25,6 +25,8 @@ pub const MAX_WAIT_SECS: u64 = 60;
 pub const DEFAULT_WAIT_SECS: u64 = 30;
 /// How often a waiter polls Postgres.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How often it polls while Redis is failing (no completion notices come).
+const POLL_INTERVAL_WITHOUT_REDIS: Duration = Duration::from_millis(200);
 
 pub static PREFER: HeaderName = HeaderName::from_static("prefer");
 pub static PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
@@ -157,9 +159,8 @@ pub async fn wait_for_job(
         Look::Gone => return Waited::Gone,
         Look::NotYet => {}
     }
-    let mut poll = tokio::time::interval_at(Instant::now() + POLL_INTERVAL, POLL_INTERVAL);
-    poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut listening = true;
+    let mut next_poll = Instant::now() + poll_interval(state);
     loop {
         let use_cache = tokio::select! {
             notification = notifications.recv(), if listening => match notification {
@@ -171,7 +172,10 @@ pub async fn wait_for_job(
                     continue;
                 }
             },
-            _ = poll.tick() => false,
+            _ = tokio::time::sleep_until(next_poll) => {
+                next_poll = Instant::now() + poll_interval(state);
+                false
+            }
             _ = tokio::time::sleep_until(deadline) => return Waited::Pending(last),
             _ = shutdown.wait_for(|stopping| *stopping) => return Waited::Pending(last),
         };
@@ -180,6 +184,15 @@ pub async fn wait_for_job(
             Look::Gone => return Waited::Gone,
             Look::NotYet => {}
         }
+    }
+}
+
+/// Without Redis no completion notice comes: poll more often meanwhile.
+fn poll_interval(state: &AppState) -> Duration {
+    if state.results.breaker().is_open() {
+        POLL_INTERVAL_WITHOUT_REDIS
+    } else {
+        POLL_INTERVAL
     }
 }
 
