@@ -7,7 +7,7 @@
 
 use std::fmt::Display;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 const FIRST_COOL_DOWN: Duration = Duration::from_secs(1);
@@ -27,29 +27,27 @@ struct State {
 }
 
 impl Breaker {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // The state stays consistent whatever panicked while holding it.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Whether a call may go to Redis now.
     pub fn allows(&self) -> bool {
-        let state = self
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let state = self.state();
         state.open_until.is_none_or(|until| Instant::now() >= until)
     }
 
     /// Whether the breaker is open (Redis was failing at the last call).
     pub fn is_open(&self) -> bool {
-        let state = self
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let state = self.state();
         state.open_until.is_some()
     }
 
     pub fn succeeded(&self) {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = self.state();
         if state.open_until.take().is_some() {
             tracing::info!("Redis answers again; using it");
         }
@@ -57,10 +55,7 @@ impl Breaker {
     }
 
     pub fn failed(&self, error: &dyn Display) {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = self.state();
         let was_open = state.open_until.is_some();
         state.cool_down = if was_open {
             (state.cool_down * 2).clamp(FIRST_COOL_DOWN, MAX_COOL_DOWN)
