@@ -43,6 +43,10 @@ pub struct Args {
     /// pass; the best is used in every round).
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     ceiling_connections: Vec<usize>,
+    /// Skip the Postgres-alone ceiling (to profile the product path alone;
+    /// the ratios are then not computed).
+    #[arg(long)]
+    no_ceiling: bool,
     /// Students preloaded into the school before a second throughput run (0: skip).
     #[arg(long, default_value_t = 0)]
     preload: usize,

@@ -190,7 +190,7 @@ pub async fn run_all(args: &Args, stack: &Stack, samples: Samples) -> anyhow::Re
     };
     ceiling::prepare(&pool).await?;
     let mut ceiling_connections = args.ceiling_connections[0];
-    if args.ceiling_connections.len() > 1 {
+    if args.ceiling_connections.len() > 1 && !args.no_ceiling {
         let mut best = 0.0;
         for &connections in &args.ceiling_connections {
             let rate = ceiling::create_pass(&pool, stack.school_id, n, connections).await?;
@@ -209,24 +209,24 @@ pub async fn run_all(args: &Args, stack: &Stack, samples: Samples) -> anyhow::Re
             args.clients
         );
         let space = format!("e2e-r{round}");
-        let (ceiling_create, cpu_ceiling_create) = meter
-            .measure(
-                n,
-                ceiling::create_pass(&pool, stack.school_id, n, ceiling_connections),
-            )
-            .await?;
+        let (ceiling_create, cpu_ceiling_create) = if args.no_ceiling {
+            (0.0, Cpu::default())
+        } else {
+            let pass = ceiling::create_pass(&pool, stack.school_id, n, ceiling_connections);
+            meter.measure(n, pass).await?
+        };
         let (async_create, cpu_create) = meter
             .measure(
                 n,
                 load::async_throughput(&client, &space, n, 0, args.clients),
             )
             .await?;
-        let (ceiling_update, cpu_ceiling_update) = meter
-            .measure(
-                n,
-                ceiling::update_pass(&pool, stack.school_id, n, ceiling_connections),
-            )
-            .await?;
+        let (ceiling_update, cpu_ceiling_update) = if args.no_ceiling {
+            (0.0, Cpu::default())
+        } else {
+            let pass = ceiling::update_pass(&pool, stack.school_id, n, ceiling_connections);
+            meter.measure(n, pass).await?
+        };
         let (async_update, cpu_update) = meter
             .measure(
                 n,
