@@ -151,10 +151,16 @@ pub struct Results {
     pub sync_p99_ms: f64,
     pub one_by_one_ms: f64,
     pub preloaded: usize,
-    /// `(create, update)` students/s per round on the preloaded table.
-    pub preloaded_rounds: Vec<(f64, f64)>,
+    /// The rounds on the preloaded table (the ceiling's own table stays small:
+    /// it measures how fast Postgres is at that moment).
+    pub preloaded_rounds: Vec<Round>,
     pub preloaded_create_per_s: Option<f64>,
     pub preloaded_update_per_s: Option<f64>,
+    /// Medians of the per-round ratios (end to end / ceiling) on the preloaded
+    /// table: divided by the empty table's, they compare the two under the
+    /// same load, whatever else the machine did in between.
+    pub preloaded_create_ratio: Option<f64>,
+    pub preloaded_update_ratio: Option<f64>,
     pub soak: Option<Soak>,
     pub memory: Vec<Memory>,
 }
@@ -200,6 +206,12 @@ pub async fn run_all(args: &Args, stack: &Stack, samples: Samples) -> anyhow::Re
             }
         }
     }
+    let ceiling_at = Ceiling {
+        pool: &pool,
+        school_id: stack.school_id,
+        connections: ceiling_connections,
+        skip: args.no_ceiling,
+    };
     let mut rounds = Vec::with_capacity(args.rounds);
     for round in 0..args.rounds {
         eprintln!(
@@ -208,45 +220,10 @@ pub async fn run_all(args: &Args, stack: &Stack, samples: Samples) -> anyhow::Re
             args.rounds,
             args.clients
         );
-        let space = format!("e2e-r{round}");
-        let (ceiling_create, cpu_ceiling_create) = if args.no_ceiling {
-            (0.0, Cpu::default())
-        } else {
-            let pass = ceiling::create_pass(&pool, stack.school_id, n, ceiling_connections);
-            meter.measure(n, pass).await?
-        };
-        let (async_create, cpu_create) = meter
-            .measure(
-                n,
-                load::async_throughput(&client, &space, n, 0, args.clients),
-            )
-            .await?;
-        let (ceiling_update, cpu_ceiling_update) = if args.no_ceiling {
-            (0.0, Cpu::default())
-        } else {
-            let pass = ceiling::update_pass(&pool, stack.school_id, n, ceiling_connections);
-            meter.measure(n, pass).await?
-        };
-        let (async_update, cpu_update) = meter
-            .measure(
-                n,
-                load::async_throughput(&client, &space, n, 1, args.clients),
-            )
-            .await?;
-        let this = Round {
-            ceiling_create_per_s: ceiling_create,
-            ceiling_update_per_s: ceiling_update,
-            async_create_per_s: async_create,
-            async_update_per_s: async_update,
-            cpu_ceiling_create,
-            cpu_ceiling_update,
-            cpu_create,
-            cpu_update,
-        };
+        let this = run_round(&meter, &ceiling_at, &client, &format!("e2e-r{round}"), args).await?;
         eprintln!("  {}", round_line(&this));
         rounds.push(this);
     }
-    ceiling::drop(&pool).await?;
 
     eprintln!("sync latency: {} batches of 1000", args.sync_batches);
     let mut latencies = load::sync_latencies(&client, "sync", args.sync_batches, 0).await?;
@@ -261,15 +238,12 @@ pub async fn run_all(args: &Args, stack: &Stack, samples: Samples) -> anyhow::Re
         preload(&pool, stack.school_id, args.preload).await?;
         for round in 0..args.rounds {
             let space = format!("after-preload-r{round}");
-            let create = load::async_throughput(&client, &space, n, 0, args.clients).await?;
-            let update = load::async_throughput(&client, &space, n, 1, args.clients).await?;
-            eprintln!(
-                "  preloaded round {}: create {create:.0}/s, update {update:.0}/s",
-                round + 1
-            );
-            preloaded_rounds.push((create, update));
+            let this = run_round(&meter, &ceiling_at, &client, &space, args).await?;
+            eprintln!("  preloaded round {}: {}", round + 1, round_line(&this));
+            preloaded_rounds.push(this);
         }
     }
+    ceiling::drop(&pool).await?;
 
     let mut soak = None;
     let mut soak_window = None;
@@ -364,12 +338,77 @@ pub async fn run_all(args: &Args, stack: &Stack, samples: Samples) -> anyhow::Re
         one_by_one_ms: ms(one_by_one),
         preloaded: args.preload,
         preloaded_create_per_s: (!preloaded_rounds.is_empty())
-            .then(|| median(preloaded_rounds.iter().map(|r| r.0))),
+            .then(|| median(preloaded_rounds.iter().map(|r| r.async_create_per_s))),
         preloaded_update_per_s: (!preloaded_rounds.is_empty())
-            .then(|| median(preloaded_rounds.iter().map(|r| r.1))),
+            .then(|| median(preloaded_rounds.iter().map(|r| r.async_update_per_s))),
+        preloaded_create_ratio: (!preloaded_rounds.is_empty()).then(|| {
+            median(
+                preloaded_rounds
+                    .iter()
+                    .map(|r| ratio(r.async_create_per_s, r.ceiling_create_per_s)),
+            )
+        }),
+        preloaded_update_ratio: (!preloaded_rounds.is_empty()).then(|| {
+            median(
+                preloaded_rounds
+                    .iter()
+                    .map(|r| ratio(r.async_update_per_s, r.ceiling_update_per_s)),
+            )
+        }),
         preloaded_rounds,
         soak,
         memory,
+    })
+}
+
+/// Where and how the ceiling runs.
+struct Ceiling<'a> {
+    pool: &'a sqlx::PgPool,
+    school_id: uuid::Uuid,
+    connections: usize,
+    skip: bool,
+}
+
+/// One round: ceiling create, end-to-end create (new keys in `space`), ceiling
+/// update, end-to-end update, back to back.
+async fn run_round(
+    meter: &Meter<'_>,
+    ceiling_at: &Ceiling<'_>,
+    client: &Client,
+    space: &str,
+    args: &Args,
+) -> anyhow::Result<Round> {
+    let n = args.students;
+    let (pool, school_id, connections) = (
+        ceiling_at.pool,
+        ceiling_at.school_id,
+        ceiling_at.connections,
+    );
+    let (ceiling_create, cpu_ceiling_create) = if ceiling_at.skip {
+        (0.0, Cpu::default())
+    } else {
+        let pass = ceiling::create_pass(pool, school_id, n, connections);
+        meter.measure(n, pass).await?
+    };
+    let pass = load::async_throughput(client, space, n, 0, args.clients);
+    let (async_create, cpu_create) = meter.measure(n, pass).await?;
+    let (ceiling_update, cpu_ceiling_update) = if ceiling_at.skip {
+        (0.0, Cpu::default())
+    } else {
+        let pass = ceiling::update_pass(pool, school_id, n, connections);
+        meter.measure(n, pass).await?
+    };
+    let pass = load::async_throughput(client, space, n, 1, args.clients);
+    let (async_update, cpu_update) = meter.measure(n, pass).await?;
+    Ok(Round {
+        ceiling_create_per_s: ceiling_create,
+        ceiling_update_per_s: ceiling_update,
+        async_create_per_s: async_create,
+        async_update_per_s: async_update,
+        cpu_ceiling_create,
+        cpu_ceiling_update,
+        cpu_create,
+        cpu_update,
     })
 }
 
@@ -438,23 +477,27 @@ pub fn print(args: &Args, r: &Results) {
         r.async_update_per_s,
         r.async_update_ratio * 100.0
     );
-    for (label, get) in [
-        (
-            "ceiling create",
-            (|x: &Round| x.cpu_ceiling_create) as fn(&Round) -> Cpu,
-        ),
-        ("ceiling update", |x: &Round| x.cpu_ceiling_update),
-        ("end to end create", |x: &Round| x.cpu_create),
-        ("end to end update", |x: &Round| x.cpu_update),
-    ] {
-        let part = |field: fn(&Cpu) -> f64| median(r.rounds.iter().map(|x| field(&get(x))));
-        println!(
-            "| CPU per 1000 students, {label}: api / workers / postgres / rabbitmq+redis | {:.1} / {:.1} / {:.1} / {:.1} ms | | |",
-            part(|c| c.api),
-            part(|c| c.workers),
-            part(|c| c.postgres),
-            part(|c| c.broker_cache)
-        );
+    type Getter = fn(&Round) -> Cpu;
+    let getters: [(&str, Getter); 4] = [
+        ("ceiling create", |x| x.cpu_ceiling_create),
+        ("ceiling update", |x| x.cpu_ceiling_update),
+        ("end to end create", |x| x.cpu_create),
+        ("end to end update", |x| x.cpu_update),
+    ];
+    for (rounds, table) in [(&r.rounds, ""), (&r.preloaded_rounds, " (preloaded)")] {
+        for (label, get) in getters {
+            if rounds.is_empty() {
+                continue;
+            }
+            let part = |field: fn(&Cpu) -> f64| median(rounds.iter().map(|x| field(&get(x))));
+            println!(
+                "| CPU per 1000 students, {label}{table}: api / workers / postgres / rabbitmq+redis | {:.1} / {:.1} / {:.1} / {:.1} ms | | |",
+                part(|c| c.api),
+                part(|c| c.workers),
+                part(|c| c.postgres),
+                part(|c| c.broker_cache)
+            );
+        }
     }
     println!(
         "| sync 1000-student batch p50 / p95 / p99 | {:.0} / {:.0} / {:.0} ms | | p50 ≤ 150 ms |",
@@ -477,6 +520,15 @@ pub fn print(args: &Args, r: &Results) {
             update,
             ratio(create, r.async_create_per_s),
             ratio(update, r.async_update_per_s)
+        );
+    }
+    if let (Some(create), Some(update)) = (r.preloaded_create_ratio, r.preloaded_update_ratio) {
+        println!(
+            "| the same, load-normalised (e2e/ceiling ratio, preloaded vs empty) | {:.0}% / {:.0}% of ceiling | {:.0}% / {:.0}% of empty | ≥ 80% |",
+            create * 100.0,
+            update * 100.0,
+            ratio(create, r.async_create_ratio),
+            ratio(update, r.async_update_ratio)
         );
     }
     for memory in &r.memory {
@@ -520,10 +572,16 @@ pub fn print(args: &Args, r: &Results) {
             ratio(round.async_update_per_s, round.ceiling_update_per_s),
         );
     }
-    for (index, (create, update)) in r.preloaded_rounds.iter().enumerate() {
+    for (index, round) in r.preloaded_rounds.iter().enumerate() {
         println!(
-            "| preloaded {} | | | {create:.0}/s | {update:.0}/s |",
-            index + 1
+            "| preloaded {} | {:.0}/s | {:.0}/s | {:.0}/s ({:.0}%) | {:.0}/s ({:.0}%) |",
+            index + 1,
+            round.ceiling_create_per_s,
+            round.ceiling_update_per_s,
+            round.async_create_per_s,
+            ratio(round.async_create_per_s, round.ceiling_create_per_s),
+            round.async_update_per_s,
+            ratio(round.async_update_per_s, round.ceiling_update_per_s),
         );
     }
 }
