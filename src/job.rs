@@ -333,6 +333,7 @@ mod tests {
 
     /// The derived reader `BatchItem` had before the flat `WireItem`: the
     /// format both must accept alike.
+    #[allow(clippy::large_enum_variant)]
     #[derive(Debug, Deserialize)]
     #[serde(tag = "kind", rename_all = "camelCase")]
     enum DerivedItem {
