@@ -44,13 +44,15 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     ceiling_connections: Vec<usize>,
     /// Skip the Postgres-alone ceiling (to profile the product path alone;
-    /// the ratios are then not computed).
+    /// the ratios then show as 0%).
     #[arg(long)]
     no_ceiling: bool,
-    /// Students preloaded into the school before a second throughput run (0: skip).
+    /// Students preloaded into the school (directly, then VACUUM and
+    /// CHECKPOINT) before as many rounds again on the large table (0: skip).
     #[arg(long, default_value_t = 0)]
     preload: usize,
-    /// Extra seconds of sustained update load after the measurements, sampling RSS.
+    /// Seconds of sustained load after the measurements (update passes, each
+    /// followed by 5 sync batches); RSS of its first vs last minute is reported.
     #[arg(long, default_value_t = 0)]
     soak_seconds: u64,
     /// Where the release binaries are.
