@@ -19,9 +19,12 @@ pub struct Config {
     /// Students one school may send in batches per minute, over all its keys
     /// and every API instance (`SCHOOL_STUDENTS_PER_MINUTE`).
     pub school_students_per_minute: u32,
-    /// Batches one worker process applies at once.
+    /// Batches one worker process applies at once (`WORKER_CONCURRENCY`,
+    /// default 2: measured in BENCHMARKS.md, "Worker concurrency and prefetch";
+    /// more costs CPU per student without adding throughput on two cores).
     pub worker_concurrency: usize,
-    /// Unacknowledged messages one worker process holds.
+    /// Unacknowledged messages one worker process holds (`WORKER_PREFETCH`,
+    /// default 2, as measured with the concurrency).
     pub worker_prefetch: u16,
     /// Bound of the batch queue; past it new batches are refused with 503.
     pub queue_max_length: u32,

@@ -21,8 +21,12 @@ use clap::Parser;
 #[command(about = "Student Sync benchmark")]
 pub struct Args {
     /// Students per throughput pass (create, then update of every value).
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 100_000)]
     students: usize,
+    /// Rounds of the throughput figures (ceiling and end-to-end passes
+    /// interleaved: create, create, update, update); the table shows medians.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
     /// Concurrent clients in the throughput passes.
     #[arg(long, default_value_t = 4)]
     clients: usize,
@@ -35,13 +39,20 @@ pub struct Args {
     /// Worker processes.
     #[arg(long, default_value_t = 2)]
     workers: usize,
-    /// Connection counts tried for the Postgres-alone ceiling.
+    /// Connection counts tried for the Postgres-alone ceiling (on one create
+    /// pass; the best is used in every round).
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     ceiling_connections: Vec<usize>,
-    /// Students preloaded into the school before a second throughput run (0: skip).
+    /// Skip the Postgres-alone ceiling (to profile the product path alone;
+    /// the ratios then show as 0%).
+    #[arg(long)]
+    no_ceiling: bool,
+    /// Students preloaded into the school (directly, then VACUUM and
+    /// CHECKPOINT) before as many rounds again on the large table (0: skip).
     #[arg(long, default_value_t = 0)]
     preload: usize,
-    /// Extra seconds of sustained update load after the measurements, sampling RSS.
+    /// Seconds of sustained load after the measurements (update passes, each
+    /// followed by 5 sync batches); RSS of its first vs last minute is reported.
     #[arg(long, default_value_t = 0)]
     soak_seconds: u64,
     /// Where the release binaries are.

@@ -145,6 +145,20 @@ impl Stack {
         pids
     }
 
+    /// Deletes the cached job bodies of this run's namespace from Redis.
+    pub async fn clear_cached_jobs(&self) -> anyhow::Result<()> {
+        let client = redis::Client::open(self.redis_url.as_str())?;
+        let mut redis = client.get_multiplexed_async_connection().await?;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:job:*", self.namespace))
+            .query_async(&mut redis)
+            .await?;
+        for chunk in keys.chunks(1000) {
+            let _: () = redis::cmd("DEL").arg(chunk).query_async(&mut redis).await?;
+        }
+        Ok(())
+    }
+
     /// Stops the processes and removes the database, queues and Redis keys.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         for child in std::iter::once(&mut self.api).chain(self.workers.iter_mut()) {

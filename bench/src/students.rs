@@ -25,8 +25,8 @@ pub fn student(space: &str, index: usize, generation: u32) -> Value {
     })
 }
 
-/// A batch request body for students `range`.
-pub fn batch(space: &str, range: std::ops::Range<usize>, generation: u32) -> Value {
+/// A batch request body for students `range`, serialized.
+pub fn batch_body(space: &str, range: std::ops::Range<usize>, generation: u32) -> Vec<u8> {
     let students: Vec<Value> = range.map(|i| student(space, i, generation)).collect();
-    json!({ "students": students })
+    serde_json::to_vec(&json!({ "students": students })).expect("a JSON value serializes")
 }

@@ -20,7 +20,8 @@ pub struct NewJob<'a> {
     pub dry_run: bool,
     pub total: usize,
     pub idempotency_key: Option<&'a str>,
-    /// SHA-256 of the canonical request body (for Idempotency-Key replays).
+    /// SHA-256 of the canonical request body (for Idempotency-Key replays;
+    /// empty when the request has no key, as it is never compared then).
     pub body_fingerprint: &'a [u8],
 }
 

@@ -202,7 +202,13 @@ pub async fn batch_upsert(
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let fingerprint = fingerprint(&body);
+    // Only compared on an Idempotency-Key replay: without the header the
+    // canonical serialization and hash (8 % of the API's CPU) are skipped.
+    let fingerprint = if headers.contains_key(&IDEMPOTENCY_KEY) {
+        fingerprint(&body)
+    } else {
+        Vec::new()
+    };
     let BatchRequest { students, options } =
         validate::parse_envelope(body).map_err(envelope_problem)?;
     let idempotency_key = idempotency_key(&headers)?;
