@@ -61,21 +61,23 @@ pub async fn find_by_external_reference(
     .await
 }
 
-/// A page of students in id order, after `after` (exclusive).
+/// A page of students in `externalReferenceId` order, after the one with
+/// `after` (exclusive). Walks the `(school_id, external_reference_id)` unique
+/// index, so the table needs no second index on its random ids.
 pub async fn list(
     pool: &PgPool,
     school_id: Uuid,
     archived: Option<bool>,
     limit: u32,
-    after: Option<Uuid>,
+    after: Option<&str>,
 ) -> Result<Vec<StudentRow>, sqlx::Error> {
     sqlx::query_as(concat!(
         "SELECT ",
         student_read_columns!(),
         " FROM students WHERE school_id = $1
           AND ($2::boolean IS NULL OR archived = $2)
-          AND ($3::uuid IS NULL OR id > $3)
-          ORDER BY id LIMIT $4"
+          AND ($3::text IS NULL OR external_reference_id > $3)
+          ORDER BY external_reference_id LIMIT $4"
     ))
     .bind(school_id)
     .bind(archived)

@@ -159,6 +159,9 @@ async fn pagination_is_complete_and_stable() {
         .iter()
         .map(|r| r["studentId"].as_str().unwrap().to_string())
         .collect();
+    // Results come in input order, and the references p-000 … p-249 sort the
+    // same way: pages are ordered by externalReferenceId.
+    assert_eq!(ids, expected, "ordered by externalReferenceId");
     let mut sorted = ids.clone();
     sorted.sort();
     expected.sort();

@@ -1,5 +1,5 @@
 //! Student reads (one, lookup by `externalReferenceId`, cursor pages in a stable
-//! id order) and the archive / unarchive switches, all scoped to the caller's
+//! `externalReferenceId` order) and the archive / unarchive switches, all scoped to the caller's
 //! school. Another school's student is answered exactly like a missing one.
 
 use axum::Json;
@@ -8,7 +8,6 @@ use serde::Serialize;
 use studentsync::domain::StudentView;
 use studentsync::store::{self, students};
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::{ApiError, Problem};
@@ -24,7 +23,7 @@ pub enum StudentList {
     Lookup(StudentLookup),
 }
 
-/// A page of students in a stable order.
+/// A page of students, ordered by `externalReferenceId` (a stable order).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StudentPage {
@@ -73,7 +72,7 @@ pub async fn get_student(
 ///
 /// With `externalReferenceId` the answer is `{"students": [...]}` with zero or
 /// one student (`limit` and `cursor` are checked but do not apply). Otherwise it
-/// is a page in a stable order with `nextCursor` (`null` on the last page).
+/// is a page ordered by `externalReferenceId` with `nextCursor` (`null` on the last page).
 /// Archived students are included unless `archived` filters them.
 #[utoipa::path(
     get,
@@ -103,7 +102,7 @@ pub async fn list_students(
         .get("cursor")
         .map(|raw| {
             store::decode_cursor(raw)
-                .and_then(|id| id.parse::<Uuid>().ok())
+                .filter(|reference| is_reference_cursor(reference))
                 .ok_or_else(|| ApiError::invalid_request("`cursor` is not a valid cursor"))
         })
         .transpose()?;
@@ -118,17 +117,30 @@ pub async fn list_students(
         })));
     }
 
-    let mut rows = students::list(&state.pool, school_id, archived, limit + 1, after).await?;
+    let mut rows = students::list(
+        &state.pool,
+        school_id,
+        archived,
+        limit + 1,
+        after.as_deref(),
+    )
+    .await?;
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     let next_cursor = more
         .then(|| rows.last())
         .flatten()
-        .map(|last| store::encode_cursor(&last.id.to_string()));
+        .map(|last| store::encode_cursor(&last.external_reference_id));
     Ok(Json(StudentList::Page(StudentPage {
         students: rows.into_iter().map(StudentView::from).collect(),
         next_cursor,
     })))
+}
+
+/// Whether a decoded cursor can be an `externalReferenceId` (what the list's
+/// cursors hold): at most 64 characters, no NUL (Postgres text cannot hold it).
+fn is_reference_cursor(reference: &str) -> bool {
+    reference.chars().count() <= 64 && !reference.contains('\0')
 }
 
 /// Archive a student (idempotent; `updatedAt` moves only when the flag changes).
