@@ -129,7 +129,7 @@ pub async fn record(pool: &PgPool, job: &NewJob<'_>) -> Result<Recorded, sqlx::E
         }
         let inserted = sqlx::query(
             "INSERT INTO jobs (id, school_id, status, dry_run, total, idempotency_key, body_fingerprint, published)
-             VALUES ($1, $2, 'queued', $3, $4, $5, $6, false)
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $5 IS NULL)
              ON CONFLICT (school_id, idempotency_key) DO NOTHING",
         )
         .bind(job.id)
@@ -170,7 +170,9 @@ pub async fn record(pool: &PgPool, job: &NewJob<'_>) -> Result<Recorded, sqlx::E
 }
 
 /// Marks the job's batch as confirmed by the broker. Skips a row a worker has
-/// locked: the worker moves it past `queued`, which says as much.
+/// locked: the worker moves it past `queued`, which says as much. Only needed
+/// for a job with an Idempotency-Key: one without is recorded as published,
+/// since no other request can attach to it.
 pub async fn mark_published(pool: &PgPool, job_id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE jobs SET published = true

@@ -282,7 +282,9 @@ pub async fn batch_upsert(
                     }
                 }
             }
-            if let Err(error) = jobs::mark_published(&state.pool, job_id).await {
+            if idempotency_key.is_some()
+                && let Err(error) = jobs::mark_published(&state.pool, job_id).await
+            {
                 // Accepted all the same: the batch is in the queue. Replays of
                 // its Idempotency-Key wait until a worker takes it.
                 tracing::warn!(%error, %job_id, "could not mark the job published");
