@@ -72,6 +72,10 @@ fn parse_env(raw: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected NAME=VALUE, got {raw:?}"))
 }
 
+/// The same allocator as the API and workers, so the client's own CPU stays small.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();

@@ -4,6 +4,11 @@
 //! the statement is retried on halves under a savepoint, recursively, so `k`
 //! offending rows cost O(k · log n) statements — never one savepoint per row —
 //! and every other row is still written.
+//!
+//! Savepoints are not free (two more round trips per statement, and a
+//! subtransaction), so a batch is first applied without them ([`Mode::Direct`]);
+//! only if a statement then fails on the data is the whole transaction rolled
+//! back and applied again in [`Mode::Isolating`] (see `engine::apply_batch`).
 
 use std::ops::Range;
 
@@ -17,15 +22,37 @@ pub struct Isolated<R> {
     pub rejected: Vec<usize>,
 }
 
-/// Runs `statement` over `rows` (in slices), isolating rejected rows.
+/// How a batch's statements run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Once over all rows, no savepoint: a data error aborts the transaction.
+    Direct,
+    /// Under savepoints, bisecting on data errors.
+    Isolating,
+}
+
+/// Runs `statement` over `rows` (in slices when isolating), isolating rejected
+/// rows in [`Mode::Isolating`]; in [`Mode::Direct`] any error is returned.
 pub async fn isolate<T, R>(
     conn: &mut PgConnection,
     rows: &[T],
+    mode: Mode,
     mut statement: impl for<'c> FnMut(
         &'c mut PgConnection,
         &'c [T],
     ) -> BoxFuture<'c, Result<Vec<R>, sqlx::Error>>,
 ) -> Result<Isolated<R>, sqlx::Error> {
+    if mode == Mode::Direct {
+        let accepted = if rows.is_empty() {
+            Vec::new()
+        } else {
+            statement(conn, rows).await?
+        };
+        return Ok(Isolated {
+            accepted,
+            rejected: Vec::new(),
+        });
+    }
     let mut outcome = Isolated {
         accepted: Vec::new(),
         rejected: Vec::new(),
@@ -68,7 +95,7 @@ pub async fn isolate<T, R>(
 
 /// Errors caused by the data of some row: data exceptions (class 22), integrity
 /// violations (class 23) and program limits such as an oversized index row (54).
-fn is_data_error(error: &sqlx::Error) -> bool {
+pub fn is_data_error(error: &sqlx::Error) -> bool {
     error
         .as_database_error()
         .and_then(|db| db.code())

@@ -1,14 +1,14 @@
 //! The upsert engine: applies one batch message to Postgres in ONE transaction —
-//! lock the job row, load and lock the matching students, classify every item,
-//! insert and update with set-based statements, write the credential-email outbox
-//! rows and the job's results, commit. A batch whose job is already finished is
+//! lock the job row, read the matching students, classify every item, insert and
+//! update with set-based statements (an update writes only the row version it
+//! read), write the credential-email outbox rows and the job's results, commit. A batch whose job is already finished is
 //! left alone, which makes redelivery harmless.
 
 pub mod classify;
 pub mod isolate;
 pub mod sql;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
@@ -19,6 +19,8 @@ use crate::domain::{ItemError, ItemErrorCode, StudentRow, UpsertCommand};
 use crate::job::{BatchItem, BatchMessage, CredentialsEmail, ItemResult, ItemStatus, JobView};
 use crate::store::jobs;
 use classify::{NewStudent, Plan, classify};
+use isolate::Mode;
+use sql::{Matched, RowVersion};
 
 /// What became of a batch message.
 #[derive(Debug)]
@@ -34,14 +36,22 @@ pub enum Outcome {
 /// Transaction attempts when Postgres reports a deadlock or serialization failure.
 const CONFLICT_ATTEMPTS: u32 = 5;
 
-/// Applies a batch, retrying transaction conflicts. Any other error is returned:
-/// the transaction was rolled back and nothing of the batch is stored.
+/// Applies a batch, retrying transaction conflicts. The batch is first applied
+/// without savepoints; if the database rejects some row's data, the transaction is
+/// rolled back and the batch applied again isolating the rejected rows (see
+/// [`isolate`]). Any other error is returned: the transaction was rolled back and
+/// nothing of the batch is stored.
 #[tracing::instrument(skip_all, fields(job_id = %message.job_id, items = message.items.len()))]
 pub async fn apply_batch(pool: &PgPool, message: &BatchMessage) -> Result<Outcome, sqlx::Error> {
     jobs::mark_processing(pool, message.job_id).await?;
+    let mut mode = Mode::Direct;
     let mut attempt = 1;
     loop {
-        match apply_once(pool, message).await {
+        match apply_once(pool, message, mode).await {
+            Err(error) if mode == Mode::Direct && isolate::is_data_error(&error) => {
+                tracing::info!(%error, "the database rejected a row; applying the batch again, isolating it");
+                mode = Mode::Isolating;
+            }
             Err(error) if is_conflict(&error) && attempt < CONFLICT_ATTEMPTS => {
                 tracing::debug!(%error, attempt, "transaction conflict; retrying");
                 tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
@@ -60,24 +70,41 @@ fn is_conflict(error: &sqlx::Error) -> bool {
         .is_some_and(|code| code == "40P01" || code == "40001")
 }
 
-async fn apply_once(pool: &PgPool, message: &BatchMessage) -> Result<Outcome, sqlx::Error> {
+async fn apply_once(
+    pool: &PgPool,
+    message: &BatchMessage,
+    mode: Mode,
+) -> Result<Outcome, sqlx::Error> {
     let mut tx = pool.begin().await?;
     match jobs::lock_status(&mut tx, message.job_id).await? {
         None => return Ok(Outcome::UnknownJob),
         Some(status) if status.is_terminal() => return Ok(Outcome::AlreadyFinished),
         Some(_) => {}
     }
-    let results = apply_items(&mut tx, message).await?;
+    let results = apply_items(&mut tx, message, mode).await?;
     let view = jobs::complete(&mut tx, message.job_id, results).await?;
     tx.commit().await?;
     Ok(Outcome::Completed(Box::new(view)))
 }
 
+/// An item classified as an update: its input, the merged row and the version of
+/// the stored row it was merged with.
+type PlannedUpdate<'a> = (usize, &'a UpsertCommand, StudentRow, RowVersion);
+
 /// The per-item work of one batch, inside the caller's transaction. Returns one
 /// result per input item, in input order.
+///
+/// The stored rows are first read without a lock: most items of a sync are
+/// unchanged, and locking them would write every one of their pages. Items are
+/// classified against that read; a create can then lose a race against a
+/// concurrent batch creating the same key, and an update finds its row changed by
+/// another transaction since the read (`update_students` writes only the version
+/// read). The losers are read again, locked this time, and classified again:
+/// locked rows cannot change, so a second round settles them.
 async fn apply_items(
     conn: &mut PgConnection,
     message: &BatchMessage,
+    mode: Mode,
 ) -> Result<Vec<ItemResult>, sqlx::Error> {
     let options = message.options;
     let write = !options.dry_run;
@@ -110,16 +137,16 @@ async fn apply_items(
         .map(|(_, command)| command.external_reference_id.as_str())
         .chain(matchable.iter().map(|(_, key, _)| *key))
         .collect();
-    let mut stored: HashMap<String, StudentRow> =
-        sql::load_matches(conn, message.school_id, &keys, write)
+    let mut stored: HashMap<String, Matched> =
+        sql::load_matches(conn, message.school_id, &keys, false)
             .await?
             .into_iter()
-            .map(|row| (row.external_reference_id.clone(), row))
+            .map(|matched| (matched.row.external_reference_id.clone(), matched))
             .collect();
 
     for (index, key, lacks) in matchable {
-        let found =
-            classify::stored_data_errors(index, stored.get(key), lacks, options.allow_unarchive);
+        let row = stored.get(key).map(|matched| &matched.row);
+        let found = classify::stored_data_errors(index, row, lacks, options.allow_unarchive);
         if let Some(Some(errors)) = results[index].as_mut().map(|r| r.errors.as_mut()) {
             errors.extend(found);
             // Hostile items may already be at the cap of reported errors.
@@ -127,19 +154,22 @@ async fn apply_items(
         }
     }
 
-    let mut updates: Vec<(usize, &UpsertCommand, StudentRow)> = Vec::new();
     let mut recipients: Vec<(Uuid, String)> = Vec::new();
-    // A create can lose a race against a concurrent batch creating the same key; the
-    // losers are re-classified against the winner's row. Each round only handles the
-    // losers of the previous one, so two rounds suffice in practice.
     for _round in 0..4 {
         if pending.is_empty() {
             break;
         }
         let mut creates: Vec<(usize, &UpsertCommand, Uuid, NewStudent)> = Vec::new();
+        let mut updates: Vec<PlannedUpdate> = Vec::new();
         for &(index, command) in &pending {
             let existing = stored.get(&command.external_reference_id);
-            let result = match classify(index, command, existing, options.allow_unarchive) {
+            let plan = classify(
+                index,
+                command,
+                existing.map(|matched| &matched.row),
+                options.allow_unarchive,
+            );
+            let result = match plan {
                 Plan::Create(student) => {
                     creates.push((index, command, Uuid::new_v4(), student));
                     continue;
@@ -149,6 +179,9 @@ async fn apply_items(
                     changed,
                     unarchived,
                 } => {
+                    let Some(matched) = existing else {
+                        unreachable!("classify plans an update only for a stored row");
+                    };
                     let result = ItemResult {
                         changed_fields: Some(
                             changed.iter().map(|f| f.name().to_string()).collect(),
@@ -156,7 +189,7 @@ async fn apply_items(
                         unarchived: unarchived.then_some(true),
                         ..success(index, command, ItemStatus::Updated, Some(row.id))
                     };
-                    updates.push((index, command, *row));
+                    updates.push((index, command, *row, matched.version.clone()));
                     result
                 }
                 Plan::Unchanged { row } => {
@@ -169,6 +202,7 @@ async fn apply_items(
             results[index] = Some(result);
         }
 
+        let mut lost: Vec<(usize, &UpsertCommand)> = Vec::new();
         let created: HashMap<String, Uuid> = if write {
             let rows: Vec<(Uuid, &NewStudent)> = creates
                 .iter()
@@ -176,7 +210,7 @@ async fn apply_items(
                 .collect();
             let password_change = options.on_student_created.new_password_needed;
             let school_id = message.school_id;
-            let inserted = isolate::isolate(conn, &rows, |conn, rows| {
+            let inserted = isolate::isolate(conn, &rows, mode, |conn, rows| {
                 Box::pin(sql::insert_students(conn, school_id, rows, password_change))
             })
             .await?;
@@ -184,6 +218,7 @@ async fn apply_items(
                 let (index, command, _, _) = creates[position];
                 results[index] = Some(rejected_by_database(index, command));
             }
+            lost.extend(write_updates(conn, &mut updates, mode, &mut results).await?);
             inserted.accepted.into_iter().collect()
         } else {
             creates
@@ -192,7 +227,6 @@ async fn apply_items(
                 .collect()
         };
 
-        let mut lost: Vec<(usize, &UpsertCommand)> = Vec::new();
         for &(index, command, _, ref student) in &creates {
             if results[index].is_some() {
                 continue; // rejected by the database
@@ -223,27 +257,14 @@ async fn apply_items(
                 .iter()
                 .map(|(_, command)| command.external_reference_id.as_str())
                 .collect();
-            for row in sql::load_matches(conn, message.school_id, &lost_keys, true).await? {
-                stored.insert(row.external_reference_id.clone(), row);
+            for matched in sql::load_matches(conn, message.school_id, &lost_keys, true).await? {
+                stored.insert(matched.row.external_reference_id.clone(), matched);
             }
         }
         pending = lost;
     }
 
     if write {
-        let rows: Vec<&StudentRow> = updates.iter().map(|(_, _, row)| row).collect();
-        let updated = isolate::isolate(conn, &rows, |conn, rows| {
-            Box::pin(async move {
-                sql::update_students(conn, rows)
-                    .await
-                    .map(|()| Vec::<()>::new())
-            })
-        })
-        .await?;
-        for position in updated.rejected {
-            let (index, command, _) = updates[position];
-            results[index] = Some(rejected_by_database(index, command));
-        }
         let recipients: Vec<(Uuid, &str)> = recipients
             .iter()
             .map(|(id, email)| (*id, email.as_str()))
@@ -269,6 +290,37 @@ async fn apply_items(
             })
         })
         .collect())
+}
+
+/// Writes the planned updates, in key order (concurrent batches then lock shared
+/// rows in the same order). Rows the database refuses fail in `results`; returns
+/// the items whose row changed since it was read, to be read and planned again.
+async fn write_updates<'a>(
+    conn: &mut PgConnection,
+    updates: &mut [PlannedUpdate<'a>],
+    mode: Mode,
+    results: &mut [Option<ItemResult>],
+) -> Result<Vec<(usize, &'a UpsertCommand)>, sqlx::Error> {
+    updates.sort_unstable_by(|a, b| a.2.external_reference_id.cmp(&b.2.external_reference_id));
+    let rows: Vec<(&StudentRow, &RowVersion)> = updates
+        .iter()
+        .map(|(_, _, row, version)| (row, version))
+        .collect();
+    let updated = isolate::isolate(conn, &rows, mode, |conn, rows| {
+        Box::pin(sql::update_students(conn, rows))
+    })
+    .await?;
+    let written: HashSet<Uuid> = updated.accepted.into_iter().collect();
+    let rejected: HashSet<usize> = updated.rejected.into_iter().collect();
+    let mut changed_since_read = Vec::new();
+    for (position, (index, command, row, _)) in updates.iter().enumerate() {
+        if rejected.contains(&position) {
+            results[*index] = Some(rejected_by_database(*index, command));
+        } else if !written.contains(&row.id) {
+            changed_since_read.push((*index, *command));
+        }
+    }
+    Ok(changed_since_read)
 }
 
 /// The result of an item whose row the database refused (see `isolate`).

@@ -8,26 +8,49 @@ use super::classify::NewStudent;
 use crate::domain::StudentRow;
 use crate::student_columns;
 
-/// Loads (and, unless `for_update` is false, locks in key order) the students of a
-/// school matching `keys`.
+/// A stored student as the write path read it, and which version of the row that
+/// was: where the tuple lies (`ctid`) and which transaction wrote it (`xmin`).
+#[derive(Debug, sqlx::FromRow)]
+pub struct Matched {
+    #[sqlx(flatten)]
+    pub row: StudentRow,
+    #[sqlx(flatten)]
+    pub version: RowVersion,
+}
+
+/// The version of a row that was read; [`update_students`] writes a row only if
+/// it is still that version. Kept as text: Postgres parses it back (`::tid`,
+/// `::xid`), and sqlx has no codec for these types.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RowVersion {
+    pub tuple: String,
+    pub writer: String,
+}
+
+/// Loads the students of a school matching `keys`. With `lock`, they are also
+/// locked in key order (`FOR UPDATE`), so no one else can change them before the
+/// transaction ends; without, the read is optimistic and [`update_students`]
+/// detects rows changed since.
 pub async fn load_matches(
     conn: &mut PgConnection,
     school_id: Uuid,
     keys: &[&str],
-    for_update: bool,
-) -> Result<Vec<StudentRow>, sqlx::Error> {
-    let query = if for_update {
+    lock: bool,
+) -> Result<Vec<Matched>, sqlx::Error> {
+    let query = if lock {
         concat!(
             "SELECT ",
             student_columns!(),
-            " FROM students WHERE school_id = $1 AND external_reference_id = ANY($2)
+            ", ctid::text AS tuple, xmin::text AS writer
+              FROM students WHERE school_id = $1 AND external_reference_id = ANY($2)
               ORDER BY external_reference_id FOR UPDATE"
         )
     } else {
         concat!(
             "SELECT ",
             student_columns!(),
-            " FROM students WHERE school_id = $1 AND external_reference_id = ANY($2)"
+            ", ctid::text AS tuple, xmin::text AS writer
+              FROM students WHERE school_id = $1 AND external_reference_id = ANY($2)"
         )
     };
     sqlx::query_as(query)
@@ -110,26 +133,36 @@ pub async fn insert_students(
     .await
 }
 
-/// Writes the merged rows of updated students (rows already locked) and moves
-/// their `updated_at`.
+/// Writes the merged rows of updated students and moves their `updated_at`, each
+/// only if it is still the version that was read: the row is found by its `ctid`
+/// (no index probe) and checked by `id` and `xmin` (after pruning, a `ctid` can be
+/// reused by another tuple, even a later version of the same student; the writing
+/// transaction tells them apart). Returns the ids written; a row missing from the
+/// answer was changed by another transaction since it was read (also when Postgres
+/// re-checks the row after waiting for a concurrent writer) and must be read again.
 pub async fn update_students(
     conn: &mut PgConnection,
-    rows: &[&StudentRow],
-) -> Result<(), sqlx::Error> {
+    rows: &[(&StudentRow, &RowVersion)],
+) -> Result<Vec<Uuid>, sqlx::Error> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let column = |get: fn(&StudentRow) -> Option<&String>| -> Vec<Option<&str>> {
         rows.iter()
-            .map(|row| get(row).map(String::as_str))
+            .map(|(row, _)| get(row).map(String::as_str))
             .collect()
     };
-    let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
-    let first: Vec<&str> = rows.iter().map(|row| row.first_name.as_str()).collect();
-    let last: Vec<&str> = rows.iter().map(|row| row.last_name.as_str()).collect();
-    let tags: Vec<Option<String>> = rows.iter().map(|row| tags_json(&row.tags)).collect();
-    let archived: Vec<bool> = rows.iter().map(|row| row.archived).collect();
-    sqlx::query(
+    let tuples: Vec<&str> = rows.iter().map(|(_, v)| v.tuple.as_str()).collect();
+    let writers: Vec<&str> = rows.iter().map(|(_, v)| v.writer.as_str()).collect();
+    let ids: Vec<Uuid> = rows.iter().map(|(row, _)| row.id).collect();
+    let first: Vec<&str> = rows
+        .iter()
+        .map(|(row, _)| row.first_name.as_str())
+        .collect();
+    let last: Vec<&str> = rows.iter().map(|(row, _)| row.last_name.as_str()).collect();
+    let tags: Vec<Option<String>> = rows.iter().map(|(row, _)| tags_json(&row.tags)).collect();
+    let archived: Vec<bool> = rows.iter().map(|(row, _)| row.archived).collect();
+    sqlx::query_scalar(
         "UPDATE students AS s SET
              external_reference_type = u.key_type, first_name = u.first_name,
              last_name = u.last_name, email = u.email, phone = u.phone,
@@ -138,13 +171,16 @@ pub async fn update_students(
              tags = CASE WHEN u.tags IS NULL THEN NULL
                          ELSE ARRAY(SELECT jsonb_array_elements_text(u.tags::jsonb)) END,
              archived = u.archived, updated_at = now()
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-                     $13::boolean[])
-              AS u(id, key_type, first_name, last_name, email, phone, photo_url, file_number,
-                   curriculum_name, company, badge_id, tags, archived)
-         WHERE s.id = u.id",
+         FROM unnest($1::text[]::tid[], $2::text[]::xid[], $3::uuid[], $4::text[], $5::text[],
+                     $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
+                     $12::text[], $13::text[], $14::text[], $15::boolean[])
+              AS u(tuple, writer, id, key_type, first_name, last_name, email, phone, photo_url,
+                   file_number, curriculum_name, company, badge_id, tags, archived)
+         WHERE s.ctid = u.tuple AND s.xmin = u.writer AND s.id = u.id
+         RETURNING s.id",
     )
+    .bind(&tuples)
+    .bind(&writers)
     .bind(&ids)
     .bind(column(|row| row.external_reference_type.as_ref()))
     .bind(&first)
@@ -158,9 +194,8 @@ pub async fn update_students(
     .bind(column(|row| row.badge_id.as_ref()))
     .bind(&tags)
     .bind(&archived)
-    .execute(conn)
-    .await?;
-    Ok(())
+    .fetch_all(conn)
+    .await
 }
 
 /// Writes one credentials-email outbox row per `(student, email)`.

@@ -174,3 +174,81 @@ async fn concurrent_batches_with_the_same_new_keys_create_each_once() {
     }
     app.cleanup().await;
 }
+
+/// Concurrent batches each changing a different field of the same students: the
+/// worker reads rows without a lock and writes only the version it read, so no
+/// batch may overwrite another's field with the value it read before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_partial_updates_of_the_same_students_lose_nothing() {
+    let app = spawn_app_with(
+        TestOptions::default()
+            .workers(2)
+            .env("WORKER_CONCURRENCY", 3)
+            .env("WORKER_PREFETCH", 3),
+    )
+    .await;
+    let keys: Vec<String> = (0..300).map(|i| format!("merge-{i:03}")).collect();
+    let created = app
+        .upsert_ok(&batch(keys.iter().map(|key| student(key)).collect()))
+        .await;
+    assert_eq!(created["summary"]["created"], 300, "{created}");
+
+    let fields = [
+        "phone",
+        "company",
+        "badgeId",
+        "fileNumber",
+        "curriculumName",
+        "lastName",
+    ];
+    for pass in 0..3 {
+        let requests = fields.iter().map(|field| {
+            let items: Vec<Value> = keys
+                .iter()
+                .map(|key| json!({"externalReferenceId": key, *field: format!("{field}-{pass}")}))
+                .collect();
+            let body = batch(items);
+            let app = &app;
+            async move { send(app.batch_request(&body).header("Prefer", "wait=60")).await }
+        });
+        let replies = futures_util::future::join_all(requests).await;
+        for (reply, field) in replies.iter().zip(fields) {
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+            assert_eq!(
+                reply.body["summary"]["updated"], 300,
+                "{}",
+                reply.body["summary"]
+            );
+            for result in results_of(&reply.body) {
+                assert_eq!(result["changedFields"], json!([field]), "{result}");
+            }
+        }
+        for key in keys.iter().step_by(37) {
+            let found = app
+                .get_json(&format!("/v3/students?externalReferenceId={key}"))
+                .await;
+            let stored = &found.body["students"][0];
+            for field in fields {
+                assert_eq!(stored[field], format!("{field}-{pass}"), "{stored}");
+            }
+        }
+        let complete: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM students WHERE phone = $1 AND company = $2 AND badge_id = $3
+               AND file_number = $4 AND curriculum_name = $5 AND last_name = $6",
+        )
+        .bind(format!("phone-{pass}"))
+        .bind(format!("company-{pass}"))
+        .bind(format!("badgeId-{pass}"))
+        .bind(format!("fileNumber-{pass}"))
+        .bind(format!("curriculumName-{pass}"))
+        .bind(format!("lastName-{pass}"))
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            complete, 300,
+            "every batch's field survived the others (pass {pass})"
+        );
+    }
+    app.cleanup().await;
+}
