@@ -87,6 +87,9 @@ async fn apply_once(
     Ok(Outcome::Completed(Box::new(view)))
 }
 
+/// An item classified as a create: its input, the new student's id and data.
+type PlannedCreate<'a> = (usize, &'a UpsertCommand, Uuid, NewStudent);
+
 /// An item classified as an update: its input, the merged row and the version of
 /// the stored row it was merged with.
 type PlannedUpdate<'a> = (usize, &'a UpsertCommand, StudentRow, RowVersion);
@@ -159,98 +162,12 @@ async fn apply_items(
         if pending.is_empty() {
             break;
         }
-        let mut creates: Vec<(usize, &UpsertCommand, Uuid, NewStudent)> = Vec::new();
-        let mut updates: Vec<PlannedUpdate> = Vec::new();
-        for &(index, command) in &pending {
-            let existing = stored.get(&command.external_reference_id);
-            let plan = classify(
-                index,
-                command,
-                existing.map(|matched| &matched.row),
-                options.allow_unarchive,
-            );
-            let result = match plan {
-                Plan::Create(student) => {
-                    creates.push((index, command, Uuid::new_v4(), student));
-                    continue;
-                }
-                Plan::Update {
-                    row,
-                    changed,
-                    unarchived,
-                } => {
-                    let Some(matched) = existing else {
-                        unreachable!("classify plans an update only for a stored row");
-                    };
-                    let result = ItemResult {
-                        changed_fields: Some(
-                            changed.iter().map(|f| f.name().to_string()).collect(),
-                        ),
-                        unarchived: unarchived.then_some(true),
-                        ..success(index, command, ItemStatus::Updated, Some(row.id))
-                    };
-                    updates.push((index, command, *row, matched.version.clone()));
-                    result
-                }
-                Plan::Unchanged { row } => {
-                    success(index, command, ItemStatus::Unchanged, Some(row.id))
-                }
-                Plan::Fail(errors) => {
-                    ItemResult::failed(index, Some(command.external_reference_id.clone()), errors)
-                }
-            };
-            results[index] = Some(result);
-        }
-
-        let mut lost: Vec<(usize, &UpsertCommand)> = Vec::new();
-        let created: HashMap<String, Uuid> = if write {
-            let rows: Vec<(Uuid, &NewStudent)> = creates
-                .iter()
-                .map(|(_, _, id, student)| (*id, student))
-                .collect();
-            let password_change = options.on_student_created.new_password_needed;
-            let school_id = message.school_id;
-            let inserted = isolate::isolate(conn, &rows, mode, |conn, rows| {
-                Box::pin(sql::insert_students(conn, school_id, rows, password_change))
-            })
-            .await?;
-            for position in inserted.rejected {
-                let (index, command, _, _) = creates[position];
-                results[index] = Some(rejected_by_database(index, command));
-            }
+        let (creates, mut updates) =
+            plan_round(&pending, &stored, options.allow_unarchive, &mut results);
+        let created = write_creates(conn, message, mode, &creates, &mut results).await?;
+        let mut lost = settle_creates(&creates, &created, message, &mut results, &mut recipients);
+        if write {
             lost.extend(write_updates(conn, &mut updates, mode, &mut results).await?);
-            inserted.accepted.into_iter().collect()
-        } else {
-            creates
-                .iter()
-                .map(|(_, _, id, s)| (s.external_reference_id.clone(), *id))
-                .collect()
-        };
-
-        for &(index, command, _, ref student) in &creates {
-            if results[index].is_some() {
-                continue; // rejected by the database
-            }
-            let Some(student_id) = created.get(&student.external_reference_id) else {
-                lost.push((index, command));
-                continue;
-            };
-            let mut result = success(
-                index,
-                command,
-                ItemStatus::Created,
-                write.then_some(*student_id),
-            );
-            if options.on_student_created.send_credentials {
-                result.credentials_email = Some(match &student.email {
-                    Some(email) => {
-                        recipients.push((*student_id, email.clone()));
-                        CredentialsEmail::Queued
-                    }
-                    None => CredentialsEmail::SkippedNoEmail,
-                });
-            }
-            results[index] = Some(result);
         }
         if !lost.is_empty() {
             let lost_keys: Vec<&str> = lost
@@ -285,11 +202,136 @@ async fn apply_items(
         .enumerate()
         .map(|(index, result)| {
             result.unwrap_or_else(|| {
-                // Only reachable if a key kept losing races for every round.
+                // Only reachable if a key kept losing races for every round
+                // (rows re-read in a later round are locked, so they cannot).
                 ItemResult::failed(index, None, Vec::new())
             })
         })
         .collect())
+}
+
+/// Classifies the pending items against the stored rows: the result of every
+/// update, unchanged or failed item goes to `results` now; creates and updates are
+/// returned to be written.
+fn plan_round<'a>(
+    pending: &[(usize, &'a UpsertCommand)],
+    stored: &HashMap<String, Matched>,
+    allow_unarchive: bool,
+    results: &mut [Option<ItemResult>],
+) -> (Vec<PlannedCreate<'a>>, Vec<PlannedUpdate<'a>>) {
+    let mut creates = Vec::new();
+    let mut updates = Vec::new();
+    for &(index, command) in pending {
+        let existing = stored.get(&command.external_reference_id);
+        let plan = classify(
+            index,
+            command,
+            existing.map(|matched| &matched.row),
+            allow_unarchive,
+        );
+        let result = match plan {
+            Plan::Create(student) => {
+                creates.push((index, command, Uuid::new_v4(), student));
+                continue;
+            }
+            Plan::Update {
+                row,
+                changed,
+                unarchived,
+            } => {
+                let Some(matched) = existing else {
+                    unreachable!("classify plans an update only for a stored row");
+                };
+                let result = ItemResult {
+                    changed_fields: Some(changed.iter().map(|f| f.name().to_string()).collect()),
+                    unarchived: unarchived.then_some(true),
+                    ..success(index, command, ItemStatus::Updated, Some(row.id))
+                };
+                updates.push((index, command, *row, matched.version.clone()));
+                result
+            }
+            Plan::Unchanged { row } => success(index, command, ItemStatus::Unchanged, Some(row.id)),
+            Plan::Fail(errors) => {
+                ItemResult::failed(index, Some(command.external_reference_id.clone()), errors)
+            }
+        };
+        results[index] = Some(result);
+    }
+    (creates, updates)
+}
+
+/// Inserts the planned creates; returns key → id of the students created (in a
+/// dry run, of all of them, as predicted, with nothing written). Rows the
+/// database refuses fail in `results`.
+async fn write_creates(
+    conn: &mut PgConnection,
+    message: &BatchMessage,
+    mode: Mode,
+    creates: &[PlannedCreate<'_>],
+    results: &mut [Option<ItemResult>],
+) -> Result<HashMap<String, Uuid>, sqlx::Error> {
+    let options = message.options;
+    if options.dry_run {
+        return Ok(creates
+            .iter()
+            .map(|(_, _, id, student)| (student.external_reference_id.clone(), *id))
+            .collect());
+    }
+    let rows: Vec<(Uuid, &NewStudent)> = creates
+        .iter()
+        .map(|(_, _, id, student)| (*id, student))
+        .collect();
+    let password_change = options.on_student_created.new_password_needed;
+    let school_id = message.school_id;
+    let inserted = isolate::isolate(conn, &rows, mode, |conn, rows| {
+        Box::pin(sql::insert_students(conn, school_id, rows, password_change))
+    })
+    .await?;
+    for position in inserted.rejected {
+        let (index, command, _, _) = creates[position];
+        results[index] = Some(rejected_by_database(index, command));
+    }
+    Ok(inserted.accepted.into_iter().collect())
+}
+
+/// Records the result of every create (and whom to send credentials); returns
+/// the items whose key was created concurrently by another batch (lost the race),
+/// to be read and planned again.
+fn settle_creates<'a>(
+    creates: &[PlannedCreate<'a>],
+    created: &HashMap<String, Uuid>,
+    message: &BatchMessage,
+    results: &mut [Option<ItemResult>],
+    recipients: &mut Vec<(Uuid, String)>,
+) -> Vec<(usize, &'a UpsertCommand)> {
+    let options = message.options;
+    let mut lost = Vec::new();
+    for &(index, command, _, ref student) in creates {
+        if results[index].is_some() {
+            continue; // rejected by the database
+        }
+        let Some(student_id) = created.get(&student.external_reference_id) else {
+            lost.push((index, command));
+            continue;
+        };
+        let mut result = success(
+            index,
+            command,
+            ItemStatus::Created,
+            (!options.dry_run).then_some(*student_id),
+        );
+        if options.on_student_created.send_credentials {
+            result.credentials_email = Some(match &student.email {
+                Some(email) => {
+                    recipients.push((*student_id, email.clone()));
+                    CredentialsEmail::Queued
+                }
+                None => CredentialsEmail::SkippedNoEmail,
+            });
+        }
+        results[index] = Some(result);
+    }
+    lost
 }
 
 /// Writes the planned updates, in key order (concurrent batches then lock shared
@@ -317,6 +359,8 @@ async fn write_updates<'a>(
         if rejected.contains(&position) {
             results[*index] = Some(rejected_by_database(*index, command));
         } else if !written.contains(&row.id) {
+            // Planned as updated, but nothing was written: decided again next round.
+            results[*index] = None;
             changed_since_read.push((*index, *command));
         }
     }
