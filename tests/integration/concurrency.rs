@@ -119,15 +119,18 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing() {
     app.cleanup().await;
 }
 
+/// Two worker processes applying three batches each at once: six batches in
+/// flight, to make their transactions overlap.
+fn batches_in_parallel() -> TestOptions {
+    TestOptions::default()
+        .workers(2)
+        .env("WORKER_CONCURRENCY", 3)
+        .env("WORKER_PREFETCH", 3)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_batches_with_the_same_new_keys_create_each_once() {
-    let app = spawn_app_with(
-        TestOptions::default()
-            .workers(2)
-            .env("WORKER_CONCURRENCY", 3)
-            .env("WORKER_PREFETCH", 3),
-    )
-    .await;
+    let app = spawn_app_with(batches_in_parallel()).await;
     let requests = (0..6).map(|n| {
         let items: Vec<Value> = (0..300)
             .map(|i| {
@@ -180,13 +183,7 @@ async fn concurrent_batches_with_the_same_new_keys_create_each_once() {
 /// batch may overwrite another's field with the value it read before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_partial_updates_of_the_same_students_lose_nothing() {
-    let app = spawn_app_with(
-        TestOptions::default()
-            .workers(2)
-            .env("WORKER_CONCURRENCY", 3)
-            .env("WORKER_PREFETCH", 3),
-    )
-    .await;
+    let app = spawn_app_with(batches_in_parallel()).await;
     let keys: Vec<String> = (0..300).map(|i| format!("merge-{i:03}")).collect();
     let created = app
         .upsert_ok(&batch(keys.iter().map(|key| student(key)).collect()))
