@@ -31,6 +31,9 @@ pub struct Config {
     /// Deliveries of one batch before it is dead-lettered and its job fails.
     pub queue_delivery_limit: u32,
     pub database_max_connections: u32,
+    /// Where a worker serves its Prometheus metrics (`WORKER_METRICS_ADDR`, e.g.
+    /// `127.0.0.1:9464`); unset: no listener.
+    pub worker_metrics_addr: Option<std::net::SocketAddr>,
     /// The credentials mailer of the worker.
     pub mail: MailConfig,
 }
@@ -75,6 +78,7 @@ impl std::fmt::Debug for Config {
             .field("worker_prefetch", &self.worker_prefetch)
             .field("queue_max_length", &self.queue_max_length)
             .field("queue_delivery_limit", &self.queue_delivery_limit)
+            .field("worker_metrics_addr", &self.worker_metrics_addr)
             .field("mail", &self.mail)
             .finish()
     }
@@ -131,6 +135,7 @@ impl Config {
             queue_max_length: number(&lookup, "QUEUE_MAX_LENGTH", 10_000)?,
             queue_delivery_limit: number(&lookup, "QUEUE_DELIVERY_LIMIT", 5)?,
             database_max_connections: number(&lookup, "DATABASE_MAX_CONNECTIONS", 10)?,
+            worker_metrics_addr: optional(&lookup, "WORKER_METRICS_ADDR")?,
             mail: MailConfig {
                 from: text("MAIL_FROM", "no-reply@studentsync.invalid"),
                 per_school_per_hour: number(&lookup, "MAIL_PER_SCHOOL_PER_HOUR", 500)?,
@@ -156,12 +161,27 @@ fn number<T: std::str::FromStr>(
 where
     T::Err: std::fmt::Display,
 {
+    Ok(optional(lookup, name)?.unwrap_or(default))
+}
+
+/// A variable parsed as `T`; unset or empty: `None`.
+fn optional<T: std::str::FromStr>(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+) -> Result<Option<T>, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
     match lookup(name).filter(|value| !value.is_empty()) {
-        None => Ok(default),
-        Some(value) => value.trim().parse().map_err(|error: T::Err| ConfigError {
-            name,
-            problem: format!("{value:?} is not valid: {error}"),
-        }),
+        None => Ok(None),
+        Some(value) => value
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|error: T::Err| ConfigError {
+                name,
+                problem: format!("{value:?} is not valid: {error}"),
+            }),
     }
 }
 
@@ -182,6 +202,25 @@ mod tests {
         assert!(config.smtp_url.is_none());
         assert_eq!(config.mail.per_school_per_hour, 500);
         assert_eq!(config.mail.max_attempts, 8);
+    }
+
+    #[test]
+    fn the_worker_metrics_address_is_optional_and_checked() {
+        assert_eq!(
+            Config::from_lookup(|_| None).unwrap().worker_metrics_addr,
+            None
+        );
+        let set = Config::from_lookup(|name| {
+            (name == "WORKER_METRICS_ADDR").then(|| "127.0.0.1:9464".to_string())
+        })
+        .unwrap();
+        assert_eq!(set.worker_metrics_addr, Some(([127, 0, 0, 1], 9464).into()));
+        let error = Config::from_lookup(|name| {
+            (name == "WORKER_METRICS_ADDR").then(|| "localhost".to_string())
+        })
+        .err()
+        .unwrap();
+        assert!(error.to_string().contains("WORKER_METRICS_ADDR"), "{error}");
     }
 
     #[test]

@@ -63,6 +63,50 @@ async fn metrics_are_prometheus_text() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_serves_its_metrics_where_asked() {
+    let port = closed_port().await;
+    let app = spawn_app_with(
+        TestOptions::default()
+            .workers(0)
+            .env("WORKER_METRICS_ADDR", format!("127.0.0.1:{port}")),
+    )
+    .await;
+    let _worker = app.spawn_worker_process();
+    app.wait_for_consumer_count(1).await;
+    let job = app
+        .upsert_ok(&batch(vec![
+            student("wm-1"),
+            student("wm-2"),
+            student("wm-3"),
+        ]))
+        .await;
+    assert_eq!(job["summary"]["created"], 3, "{job}");
+
+    let text = app
+        .client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sample = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.parse::<f64>().ok())
+    };
+    assert_eq!(sample("worker_batches_applied_total"), Some(1.0), "{text}");
+    assert_eq!(sample("worker_students_applied_total"), Some(3.0), "{text}");
+    assert_eq!(sample("mailer_emails_sent_total"), Some(0.0), "{text}");
+    assert!(
+        text.contains("# TYPE worker_batches_dead_lettered_total counter"),
+        "{text}"
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_document_declares_every_endpoint() {
     let app = spawn_app().await;
     let reply = send(app.client.get(app.url("/openapi.json"))).await;

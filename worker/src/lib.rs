@@ -8,6 +8,7 @@ mod consumer;
 mod dead_letters;
 mod handler;
 mod mailer;
+mod metrics_endpoint;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -34,6 +35,9 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    if let Some(addr) = config.worker_metrics_addr {
+        metrics_endpoint::serve(addr)?;
+    }
     let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
